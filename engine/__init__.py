@@ -1,0 +1,1 @@
+"""Sans-I/O protocol engines: state machines fed bytes and a clock, returning bytes and events."""

@@ -1,0 +1,1 @@
+"""gangway: user-mode networking for virtual machines and network namespaces."""

@@ -1,0 +1,1 @@
+"""gangway's services: thin adapters (ZeroMQ, sockets, files) around the sans-I/O engines."""

@@ -1,0 +1,79 @@
+"""virtio_net_hdr (the 10-byte header a TAP with IFF_VNET_HDR puts before each frame), checksum
+completion for CHECKSUM_PARTIAL frames, and GSO headers for large TCP segments to the guest."""
+from __future__ import annotations
+
+import struct
+
+from .checksum import checksum, fold, ones_sum, pseudo_ipv4, pseudo_ipv6
+from .ethernet import ETH_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, FrameError
+
+VNET = struct.Struct("<BBHHHH")
+VNET_LEN = VNET.size  # 10
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+PLAIN = bytes(VNET_LEN)
+_U16 = struct.Struct("!H")
+
+
+def complete_checksum(frame: bytearray, csum_start: int, csum_offset: int) -> None:
+    """Finish a CHECKSUM_PARTIAL frame: the field holds the pseudo-header sum; sum from
+    csum_start to the end and store the complemented result."""
+    pos = csum_start + csum_offset
+    if csum_start >= len(frame) or pos + 2 > len(frame):
+        raise FrameError("checksum offsets outside the frame")
+    cs = checksum(memoryview(frame)[csum_start:])
+    _U16.pack_into(frame, pos, cs)
+
+
+def decode(buf) -> bytearray | bytes:
+    """Strip the vnet header from a frame read off a TAP; complete a partial checksum."""
+    if len(buf) < VNET_LEN + ETH_LEN:
+        raise FrameError("frame shorter than vnet + ethernet headers")
+    flags, _gso, _hl, _gs, cstart, coff = VNET.unpack_from(buf, 0)
+    if flags & F_NEEDS_CSUM:
+        frame = bytearray(memoryview(buf)[VNET_LEN:])
+        complete_checksum(frame, cstart, coff)
+        return frame
+    return bytes(memoryview(buf)[VNET_LEN:])
+
+
+def encode_header(frame, mtu: int) -> bytes:
+    """The vnet header for writing ``frame`` to a TAP. Frames larger than the MTU must be TCP:
+    they get a GSO header (the guest kernel takes them as one large receive)."""
+    n = len(frame)
+    if n <= mtu + ETH_LEN:
+        return PLAIN
+    (etype,) = _U16.unpack_from(frame, 12)
+    if etype == ETHERTYPE_IPV4:
+        ihl = (frame[ETH_LEN] & 15) * 4
+        if frame[ETH_LEN + 9] != 6:
+            raise FrameError("oversized non-TCP frame")
+        l4 = ETH_LEN + ihl
+        thl = (frame[l4 + 12] >> 4) * 4
+        mss = mtu - ihl - thl
+        return VNET.pack(F_DATA_VALID, GSO_TCPV4, l4 + thl, mss, 0, 0)
+    if etype == ETHERTYPE_IPV6:
+        if frame[ETH_LEN + 6] != 6:
+            raise FrameError("oversized non-TCP frame")
+        l4 = ETH_LEN + 40
+        thl = (frame[l4 + 12] >> 4) * 4
+        return VNET.pack(F_DATA_VALID, GSO_TCPV6, l4 + thl, mtu - 40 - thl, 0, 0)
+    raise FrameError("oversized frame of unknown type")
+
+
+def gso_checksum_field(frame: bytearray) -> None:
+    """Replace a full TCP checksum by the pseudo-header sum (for NEEDS_CSUM GSO frames)."""
+    (etype,) = _U16.unpack_from(frame, 12)
+    if etype == ETHERTYPE_IPV4:
+        ihl = (frame[ETH_LEN] & 15) * 4
+        l4 = ETH_LEN + ihl
+        ps = pseudo_ipv4(frame[ETH_LEN + 12 : ETH_LEN + 16], frame[ETH_LEN + 16 : ETH_LEN + 20], 6, len(frame) - l4)
+    else:
+        l4 = ETH_LEN + 40
+        ps = pseudo_ipv6(frame[ETH_LEN + 8 : ETH_LEN + 24], frame[ETH_LEN + 24 : ETH_LEN + 40], 6, len(frame) - l4)
+    _U16.pack_into(frame, l4 + 16, fold(ones_sum(b"", ps)))
