@@ -41,7 +41,8 @@ class NewReno:
             self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
             return True
         if self.cwnd < self.ssthresh:
-            self.cwnd += acked  # slow start, unlimited byte counting
+            # slow start, byte counting without the per-ACK limit, but not past ssthresh
+            self.cwnd = min(self.cwnd + acked, self.ssthresh)
         else:
             self._acc += acked
             if self._acc >= self.cwnd:
@@ -51,15 +52,19 @@ class NewReno:
             self.cwnd = self.max_cwnd
         return False
 
-    def on_dupack(self, ack: int, flight: int, snd_max: int) -> bool:
-        """One duplicate ACK. Returns True when the caller must fast-retransmit now."""
+    def on_dupack(self, ack: int, flight: int, snd_max: int, *, sack_lost: bool = False) -> bool:
+        """One duplicate ACK. Returns True when the caller must fast-retransmit now.
+
+        ``sack_lost``: SACK information already shows SND.UNA lost (RFC 6675 IsLost), so
+        recovery starts without waiting for DupThresh ACKs (receivers coalesce ACKs), and the
+        RFC 6582 ``recover`` guard (meant for SACK-less senders) is skipped."""
         if self.in_recovery:
             self.cwnd += self.mss  # inflation (RFC 5681 step 4)
             return False
         self.dupacks += 1
-        if self.dupacks != self.dupthresh:
+        if self.dupacks < self.dupthresh and not sack_lost:
             return False
-        if self.recover is not None and ack <= self.recover:
+        if not sack_lost and self.recover is not None and ack <= self.recover:
             return False  # RFC 6582 step 2: still covering an older recovery episode
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.recover = snd_max
