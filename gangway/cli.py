@@ -82,6 +82,55 @@ def cmd_leases(args) -> int:
     return 0
 
 
+def cmd_flows(args) -> int:
+    try:
+        flows = request(_run_dir(args), "flow", "flows")["flows"]
+    except ControlError as e:
+        print(f"gangway: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(flows, indent=1))
+        return 0
+    cols = ("proto", "guest", "remote", "host", "state", "bytes_in", "bytes_out", "age")
+    rows = [[str(f.get(c, "")) if c != "age" else f"{float(f.get(c, 0)):.1f}" for c in cols] for f in flows]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    return 0
+
+
+def cmd_dns(args) -> int:
+    run_dir = _run_dir(args)
+    try:
+        if args.action == "add":
+            if not args.value:
+                print("gangway: dns add NAME TYPE VALUE", file=sys.stderr)
+                return 2
+            fields = {"name": args.name, "rtype": args.rtype.upper(), "value": " ".join(args.value)}
+            if args.ttl:
+                fields["ttl"] = args.ttl
+            request(run_dir, "dns", "dns-add", **fields)
+        elif args.action == "rm":
+            fields = {"name": args.name}
+            if args.rtype:
+                fields["rtype"] = args.rtype.upper()
+            if args.value:
+                fields["value"] = " ".join(args.value)
+            r = request(run_dir, "dns", "dns-rm", **fields)
+            if not r.get("removed"):
+                print(f"gangway: no such record {args.name}", file=sys.stderr)
+                return 1
+        else:
+            for rec in request(run_dir, "dns", "dns-list")["records"]:
+                print(json.dumps(rec) if not isinstance(rec, dict) else
+                      f"{rec.get('name')}\t{rec.get('ttl', '')}\t{rec.get('type', rec.get('rtype'))}\t{rec.get('value')}")
+    except ControlError as e:
+        print(f"gangway: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_capture(args) -> int:
     run_dir = _run_dir(args)
     ctx = zmq.Context.instance()
@@ -170,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER)
     add("stats", cmd_stats, "per-service counters")
     add("leases", cmd_leases, "DHCP leases")
+    s = add("flows", cmd_flows, "open guest flows (TCP, UDP, ICMP)")
+    s.add_argument("--json", action="store_true")
+    s = add("dns", cmd_dns, "runtime DNS records: add NAME TYPE VALUE | rm NAME [TYPE [VALUE]] | list")
+    s.add_argument("action", choices=["add", "rm", "list"])
+    s.add_argument("name", nargs="?")
+    s.add_argument("rtype", nargs="?")
+    s.add_argument("value", nargs="*")
+    s.add_argument("--ttl", type=int)
     s = add("capture", cmd_capture, "write frames crossing the switch to a pcap")
     s.add_argument("-o", "--output", required=True, help="pcap file, or - for stdout")
     s.add_argument("--count", type=int, help="stop after N frames")

@@ -47,7 +47,8 @@ class Service:
             self.sub.setsockopt(zmq.RCVHWM, 10000)
             self.sub.setsockopt(zmq.LINGER, 0)
             for t in self.subscribe:
-                self.sub.setsockopt(zmq.SUBSCRIBE, endpoints.topic(t))
+                # events are published under their bare topic; ports and services NUL-terminated
+                self.sub.setsockopt(zmq.SUBSCRIBE, t if t.startswith(endpoints.EVENT_PREFIX) else endpoints.topic(t))
             self.sub.connect(endpoints.ipc(self.run_dir, endpoints.SWITCH_OUT))
             self.loop.add_reader(self.sub, self._on_sub)
         self.ctl = self.ctx.socket(zmq.REP)
