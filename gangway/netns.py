@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import struct
 import subprocess
@@ -55,6 +56,7 @@ def open_tap(netns: str, ifname: str = "eth0", offload: bool = True) -> tuple[in
     Returns (fd, offload_enabled). The device outlives the fd, so a restarted bridge re-opens
     the same link and the guest keeps its addresses and routes."""
     flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+    existed = subprocess.run(["ip", "-n", netns, "link", "show", ifname], capture_output=True).returncode == 0
     with entered(netns):
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -72,8 +74,18 @@ def open_tap(netns: str, ifname: str = "eth0", offload: bool = True) -> tuple[in
         except BaseException:
             os.close(fd)
             raise
+    if not existed:
+        # the same namespace always gets the same MAC, so DHCP gives it the same address again
+        subprocess.run(["ip", "-n", netns, "link", "set", ifname, "address", stable_mac(netns)],
+                       check=False, capture_output=True)
     subprocess.run(["ip", "-n", netns, "link", "set", ifname, "up"], check=True, capture_output=True)
     return fd, offload
+
+
+def stable_mac(name: str) -> str:
+    """A locally administered unicast MAC derived from a name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in bytes([0x02]) + digest[:5])
 
 
 def remove_tap(netns: str, ifname: str = "eth0") -> None:

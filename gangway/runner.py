@@ -85,6 +85,15 @@ def wait_ready(run_dir: Path, timeout: float = 30.0, services=None) -> None:
                 raise RuntimeError(f"service {name} did not come up within {timeout:g} s "
                                    f"(see {run_dir}/logs/{name}.log)") from None
             time.sleep(0.1)
+    # and supervisord agrees (a program is RUNNING once it has lived `startsecs`)
+    while True:
+        out = supervisorctl(run_dir, "status", capture=True).stdout
+        states = [line.split()[1] for line in out.splitlines() if len(line.split()) > 1]
+        if states and all(st == "RUNNING" for st in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"services not RUNNING within {timeout:g} s:\n{out}")
+        time.sleep(0.2)
 
 
 def stop(run_dir: Path, timeout: float = 20.0) -> None:

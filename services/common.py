@@ -132,6 +132,10 @@ class Service:
         """Hook: flush state. Called after the loop ends."""
 
     def run(self) -> None:
+        # a signal must wake the poll: route it through a pipe the loop watches
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        self.loop.add_reader(rfd, lambda: os.read(rfd, 512))
         signal.signal(signal.SIGTERM, lambda *_: self.loop.stop())
         signal.signal(signal.SIGINT, lambda *_: self.loop.stop())
         self.start()

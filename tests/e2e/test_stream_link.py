@@ -34,6 +34,10 @@ class Peer:
                 (n,) = struct.unpack_from("!I", self.buf)
                 if len(self.buf) >= 4 + n:
                     frame, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x01" and frame[38:42] == self.ip:
+                        req = arp.parse_arp(frame, 14)  # answer ARP for our address, like a NIC would
+                        self.send(build_eth(req.sha, self.mac, 0x0806,
+                                            bytes(arp.ArpPacket(2, self.mac, self.ip, req.sha, req.spa))))
                     return frame
             remaining = deadline - time.monotonic()
             if remaining <= 0:

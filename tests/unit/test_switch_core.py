@@ -86,3 +86,11 @@ def test_any_bytes_never_raise(data, src):
     c.handle(src, data, 0.0)
     c.handle(src, GW_MAC + A + b"\x08\x00" + data, 0.0)
     c.handle(src, BROADCAST + A + b"\x08\x06" + data, 0.0)
+
+
+def test_guest_cannot_claim_virtual_addresses_by_arp():
+    c = core()
+    for op in (arp.OP_REQUEST, arp.OP_REPLY):
+        spoof = arp.ArpPacket(op, A, GW, b"\0" * 6, IP_A)
+        assert c.handle(b"g:a", build_eth(BROADCAST, A, 0x0806, bytes(spoof)), 0.0) == []
+    assert c.counters["drop.arp_spoofing_virtual_ip"] == 2
