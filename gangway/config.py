@@ -90,6 +90,15 @@ def validate(cfg: dict) -> dict:
         v = _expect(cfg, key, (int, float), "a number of seconds")
         if v <= 0:
             raise ConfigError(f"config key '{key}' must be positive")
+    _expect(cfg, "flow.map", list, "a list of tables")
+    backlog = _expect(cfg, "flow.syn_backlog", int, "an integer")
+    if backlog < 1:
+        raise ConfigError("config key 'flow.syn_backlog' must be at least 1")
+    from engine.flow.policy import PolicyError, check_config
+    try:
+        check_config(cfg)
+    except PolicyError as e:
+        raise ConfigError(f"config key {e}") from None
     level = _expect(cfg, "log.level", str, "a log level")
     if level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"config key 'log.level' must be debug/info/warning/error, got {level!r}")

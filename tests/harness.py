@@ -52,8 +52,8 @@ class Stack:
     def up(self, netns: list[str] = (), timeout: float = 30) -> "Stack":
         cfg = json.loads(json.dumps(self.cfg))
         cfg["bridge"]["taps"] = list(cfg["bridge"]["taps"]) + list(netns)
+        self.started = True  # even a failed start may leave supervisord running: down() stops it
         runner.start(self.run_dir, cfg, timeout=timeout)
-        self.started = True
         return self
 
     def down(self) -> None:
