@@ -48,8 +48,8 @@ P_TCP, P_UDP, P_ICMP = ipv4.PROTO_TCP, ipv4.PROTO_UDP, ipv4.PROTO_ICMP
 PROTO_NAMES = {P_TCP: TCP, P_UDP: UDP, P_ICMP: ICMP}
 
 MAX_SEGMENT = 65535 - 14 - 20 - 60 - 200  # TCP payload per frame to the guest (TSO/GSO'd later)
-TCP_RCV_BUF = 512 * 1024  # engine receive buffer (guest -> host data not yet taken)
-TCP_SND_BUF = 512 * 1024  # engine send buffer (host -> guest data not yet acknowledged)
+TCP_RCV_BUF = 2048 * 1024  # engine receive buffer (guest -> host data not yet taken)
+TCP_SND_BUF = 2048 * 1024  # engine send buffer (host -> guest data not yet acknowledged)
 TO_HOST_CHUNK = 256 * 1024  # bytes taken from the engine per host-socket write
 READ_CHUNK = 256 * 1024  # bytes read from a host socket at once
 UDP_READS = 64  # datagrams read per readiness event
