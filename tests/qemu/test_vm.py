@@ -102,3 +102,24 @@ echo "GANGWAY-MARK md5=$(md5sum /tmp/blob | cut -d' ' -f1)"
     assert m.get("wget_rc") == "0", res
     assert m.get("size") == str(len(payload)), res
     assert m.get("md5") == hashlib.md5(payload).hexdigest(), res
+
+
+def test_vm_nslookup_local_names(make_stack, image):
+    """busybox nslookup in the VM: host and gateway names, an alias, the VM's own DHCP name."""
+    stack = make_stack().up()
+    script = DHCP_SCRIPT.replace("-s /etc/udhcpc.script", "-x hostname:vmguest -s /etc/udhcpc.script") + """
+for n in host.gangway.internal gateway.gangway.internal host.docker.internal vmguest.gangway.internal vmguest; do
+  a=$(nslookup $n 2>/dev/null | awk '/^Address/ && !/#53/ {print $NF}' | tail -n 1)
+  echo "GANGWAY-MARK ns_$(echo $n | tr . _)=$a"
+done
+"""
+    res = boot(image, socket_path=str(stack.run_dir / "qemu.sock"), script=script, timeout=60,
+               mac="52:54:00:6a:77:03")
+    m = res.markers()
+    assert m.get("done") == "1" and m.get("dhcp_rc") == "0", res
+    me = str(ipaddress.IPv4Interface(m["ip"]).ip)
+    assert m["ns_host_gangway_internal"] == HOST_ALIAS, res
+    assert m["ns_gateway_gangway_internal"] == GATEWAY, res
+    assert m["ns_host_docker_internal"] == HOST_ALIAS, res
+    assert m["ns_vmguest_gangway_internal"] == me, res
+    assert m["ns_vmguest"] == me, res  # the bare name through the search domain from DHCP
