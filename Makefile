@@ -34,6 +34,7 @@ unit: venv
 
 bench: venv deps-test
 	$(VPY) -m bench.run
+	$(VPY) -m bench.dns_qps
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
