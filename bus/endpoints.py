@@ -7,6 +7,10 @@ Topology:
 - ``switch-out`` XPUB bound by the switch. Message = [topic, frame, frame, ...]; topic is a
   port name followed by NUL (so b"g:q1\\0" never matches b"g:q10\\0"). The XPUB tells the switch
   which ports and services are attached, and whether a capture (topic b"cap\\0") is listening.
+- Either message may carry a zero-length part right after its first part: the frames after
+  it are TCP over IPv4 with CHECKSUM_PARTIAL semantics (the TCP checksum field holds the folded
+  pseudo-header sum; the data is trusted). Only links that need a real checksum (QEMU stream
+  sockets, captures) compute it; a TAP gets it as a virtio NEEDS_CSUM header.
 - ``ctl/<service>`` REP bound by each service: msgpack requests {"v": 1, "type": ...}.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ from gangway import config as configmod
 from gangway import logs
 
 MAX_BATCH = 64  # frames per bus message
+PARTIAL = b""  # marker part: the frames after it carry partial TCP checksums
 
 
 class Service:
@@ -38,6 +39,7 @@ class Service:
         self.ctx = zmq.Context.instance()
         self.port = f"s:{self.name}".encode()
         self.push = self.sub = None
+        self.rx_partial = False
         if self.needs_bus:
             self.push = self.ctx.socket(zmq.PUSH)
             self.push.setsockopt(zmq.SNDHWM, 10000)
@@ -72,20 +74,30 @@ class Service:
             self.on_message(parts)
 
     def on_message(self, parts: list) -> None:
-        """[topic, frame, ...] from the switch; default: frames to on_frames."""
-        self.on_frames(parts[1:])
+        """[topic, frame, ...] from the switch; default: frames to on_frames.
+
+        A zero-length part right after the topic marks the frames as checksum-partial TCP
+        (see bus/endpoints.py); ``self.rx_partial`` tells on_frames."""
+        if len(parts) > 1 and not parts[1]:
+            self.rx_partial = True
+            self.on_frames(parts[2:])
+        else:
+            self.rx_partial = False
+            self.on_frames(parts[1:])
 
     def on_frames(self, frames: list) -> None:
         pass
 
-    def send_frames(self, frames: list, source: bytes | None = None) -> None:
-        """Hand frames to the switch (batched; never blocks: a full queue drops, like a link)."""
+    def send_frames(self, frames: list, source: bytes | None = None, partial: bool = False) -> None:
+        """Hand frames to the switch (batched; never blocks: a full queue drops, like a link).
+        ``partial``: the frames are TCP/IPv4 whose checksum field holds only the pseudo-header
+        sum (CHECKSUM_PARTIAL), to be completed only where a link needs it."""
         if not frames:
             return
-        src = source or self.port
+        head = [source or self.port, PARTIAL] if partial else [source or self.port]
         try:
             for i in range(0, len(frames), MAX_BATCH):
-                self.push.send_multipart([src, *frames[i : i + MAX_BATCH]], zmq.NOBLOCK, copy=False)
+                self.push.send_multipart([*head, *frames[i : i + MAX_BATCH]], zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.drops.drop("bus_full")
 

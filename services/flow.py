@@ -49,7 +49,7 @@ PROTO_NAMES = {P_TCP: TCP, P_UDP: UDP, P_ICMP: ICMP}
 
 MAX_SEGMENT = 65535 - 14 - 20 - 60 - 200  # TCP payload per frame to the guest (TSO/GSO'd later)
 TCP_RCV_BUF = 2048 * 1024  # engine receive buffer (guest -> host data not yet taken)
-TCP_SND_BUF = 2048 * 1024  # engine send buffer (host -> guest data not yet acknowledged)
+TCP_SND_BUF = 4096 * 1024  # engine send buffer (host -> guest data not yet acknowledged)
 TO_HOST_CHUNK = 256 * 1024  # bytes taken from the engine per host-socket write
 READ_CHUNK = 256 * 1024  # bytes read from a host socket at once
 UDP_READS = 64  # datagrams read per readiness event
@@ -345,7 +345,7 @@ class TcpFlow(_Flow):
             self.reset = f"host: {why}"
         rst = self.conn.abort()
         if rst is not None:
-            svc.out.append(tcp_frame(self.eth, self.src, self.dst, rst, svc.build.ident()))
+            svc.out_tcp.append(tcp_frame(self.eth, self.src, self.dst, rst, svc.build.ident(), True))
         svc.tcp_close_sock(self, linger0=True)
         svc.dirty.add(self)
 
@@ -387,6 +387,7 @@ class FlowService(Service):
         self.ids = itertools.count(1)
         self.tcp_config = TcpConfig()
         self.out: list = []
+        self.out_tcp: list = []  # TCP frames with partial checksums (see bus/endpoints.py)
         self.dirty: set = set()
         self.ep = select.epoll()
         self.handlers: dict = {}  # fd -> flow
@@ -514,6 +515,10 @@ class FlowService(Service):
             out, self.out = self.out, []
             self.count("frames_out", len(out))
             self.send_frames(out)
+        if self.out_tcp:
+            out, self.out_tcp = self.out_tcp, []
+            self.count("frames_out", len(out))
+            self.send_frames(out, partial=True)
 
     def _reject(self, pkt, rej: Reject, what: str) -> None:
         """ICMP error for a refused UDP/ICMP flow (admin prohibited / port / host unreachable)."""
@@ -681,7 +686,7 @@ class FlowService(Service):
     # -- TCP ---------------------------------------------------------------------------------
     def _tcp(self, pkt, now: float) -> None:
         l4 = pkt.l4()
-        if not tcp_checksum_ok(l4, pkt.src, pkt.dst):
+        if not self.rx_partial and not tcp_checksum_ok(l4, pkt.src, pkt.dst):
             self.drops.drop("bad_tcp_checksum")
             return
         seg = parse_tcp(l4, verify=False)
@@ -703,14 +708,14 @@ class FlowService(Service):
             rst = rst_for(seg)
             if rst is not None:
                 self.count("tcp_rst_no_flow")
-                self.out.append(tcp_frame(self.build.eth(pkt.src_mac), pkt.dst, pkt.src, rst, self.build.ident()))
+                self.out_tcp.append(tcp_frame(self.build.eth(pkt.src_mac), pkt.dst, pkt.src, rst, self.build.ident(), True))
             return
         self._tcp_open(pkt, seg, key, now)
 
     def _tcp_refuse(self, pkt, seg, reason: str) -> None:
         self.count(f"rejected.{reason}")
         rst = rst_for(seg)
-        self.out.append(tcp_frame(self.build.eth(pkt.src_mac), pkt.dst, pkt.src, rst, self.build.ident()))
+        self.out_tcp.append(tcp_frame(self.build.eth(pkt.src_mac), pkt.dst, pkt.src, rst, self.build.ident(), True))
 
     def _tcp_open(self, pkt, seg, key, now: float) -> None:
         d = self.policy.decide(TCP, pkt.dst, seg.dport)
@@ -784,7 +789,7 @@ class FlowService(Service):
         rst = flow.conn.refuse() if flow.conn.state is State.SYN_RECEIVED else None
         if code is None:
             if rst is not None:
-                self.out.append(tcp_frame(flow.eth, flow.src, flow.dst, rst, self.build.ident()))
+                self.out_tcp.append(tcp_frame(flow.eth, flow.src, flow.dst, rst, self.build.ident(), True))
         else:
             self.out.append(self.build.icmp_error(flow.mac, flow.src, None, icmp.DEST_UNREACH, code,
                                                   quote=flow.syn_quote, guest=flow.dst))
@@ -834,9 +839,9 @@ class FlowService(Service):
         segs = conn.segments_out(now)
         if segs:
             eth, src, dst, build = flow.eth, flow.src, flow.dst, self.build
-            out = self.out
+            out = self.out_tcp
             for seg in segs:
-                out.append(tcp_frame(eth, src, dst, seg, build.ident()))
+                out.append(tcp_frame(eth, src, dst, seg, build.ident(), True))
         if flow.engine_done or conn.state is State.CLOSED:
             flow.engine_done = True
             if flow.done_at is None:
@@ -881,7 +886,7 @@ class FlowService(Service):
             if flow.conn.state is not State.CLOSED and flow.sock is not None and reason != "shutdown":
                 rst = flow.conn.abort()
                 if rst is not None:
-                    self.out.append(tcp_frame(flow.eth, flow.src, flow.dst, rst, self.build.ident()))
+                    self.out_tcp.append(tcp_frame(flow.eth, flow.src, flow.dst, rst, self.build.ident(), True))
             self.tcp_close_sock(flow, linger0=bool(flow.reset) or reason.startswith("internal"))
             self.dirty.discard(flow)
         else:

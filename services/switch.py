@@ -9,7 +9,8 @@ import zmq
 
 from bus import endpoints
 from engine.switch import SwitchCore
-from services.common import MAX_BATCH, Service
+from services.common import MAX_BATCH, PARTIAL, Service
+from wire import vnet
 from wire.ethernet import mac_bytes, mac_str
 
 _TS = struct.Struct("!d")
@@ -67,7 +68,7 @@ class SwitchService(Service):
                 self.log.info("port_detached", port=port.decode(errors="replace"))
 
     def _on_pull(self) -> None:
-        out: dict[bytes, list] = {}
+        out: dict[tuple, list] = {}  # (destination, partial) -> frames
         core, now = self.core, time.monotonic()
         count = self.counters
         for _ in range(128):
@@ -79,10 +80,11 @@ class SwitchService(Service):
             if source.startswith(endpoints.EVENT_PREFIX):
                 self.xpub.send_multipart(parts, zmq.NOBLOCK)
                 continue
-            frames = parts[1:]
+            partial = len(parts) > 1 and not parts[1]
+            frames = parts[2:] if partial else parts[1:]
             count["frames_in"] = count.get("frames_in", 0) + len(frames)
             if self.capturing:
-                self._capture(source, frames)
+                self._capture(source, frames, partial)
             for frame in frames:
                 try:
                     results = core.handle(source, frame, now)
@@ -90,12 +92,17 @@ class SwitchService(Service):
                     self.drops.drop("internal_error", error=repr(e))
                     continue
                 for dest, f in results:
-                    out.setdefault(dest, []).append(f)
-                    if f is not frame and self.capturing:
-                        self._capture(b"switch", [f])  # answered by the switch itself
+                    if f is frame:
+                        out.setdefault((dest, partial), []).append(f)
+                    else:  # answered by the switch itself (ARP, ping): full checksums
+                        out.setdefault((dest, False), []).append(f)
+                        if self.capturing:
+                            self._capture(b"switch", [f], False)
         self._flush(out)
 
-    def _capture(self, source: bytes, frames: list) -> None:
+    def _capture(self, source: bytes, frames: list, partial: bool) -> None:
+        if partial:  # the pcap gets real checksums; this costs only while capturing
+            frames = [vnet.complete_partial(f) for f in frames]
         try:
             self.xpub.send_multipart([endpoints.CAPTURE_TOPIC, source, _TS.pack(time.time()), *frames], zmq.NOBLOCK)
         except zmq.Again:
@@ -103,13 +110,12 @@ class SwitchService(Service):
 
     def _flush(self, out: dict) -> None:
         n = 0
-        for dest, frames in out.items():
+        for (dest, partial), frames in out.items():
             n += len(frames)
-            t = endpoints.topic(dest)
+            head = [endpoints.topic(dest), PARTIAL] if partial else [endpoints.topic(dest)]
             for i in range(0, len(frames), MAX_BATCH):
-                batch = frames[i : i + MAX_BATCH]
                 try:
-                    self.xpub.send_multipart([t, *batch], zmq.NOBLOCK)
+                    self.xpub.send_multipart([*head, *frames[i : i + MAX_BATCH]], zmq.NOBLOCK)
                 except zmq.Again:
                     self.drops.drop("bus_full")
         self.counters["frames_out"] = self.counters.get("frames_out", 0) + n

@@ -77,3 +77,34 @@ def gso_checksum_field(frame: bytearray) -> None:
         l4 = ETH_LEN + 40
         ps = pseudo_ipv6(frame[ETH_LEN + 8 : ETH_LEN + 24], frame[ETH_LEN + 24 : ETH_LEN + 40], 6, len(frame) - l4)
     _U16.pack_into(frame, l4 + 16, fold(ones_sum(b"", ps)))
+
+
+def tcp_csum_start(frame) -> int:
+    """Offset of the TCP header in an ethernet/IPv4 frame (where a partial checksum starts)."""
+    return ETH_LEN + (frame[ETH_LEN] & 15) * 4
+
+
+def complete_partial(frame) -> bytes:
+    """A copy of a checksum-partial TCP/IPv4 frame with its real checksum filled in."""
+    out = bytearray(frame)
+    complete_checksum(out, tcp_csum_start(out), 16)
+    return bytes(out)
+
+
+def is_partial_tcp4(buf, csum_start: int, csum_offset: int, base: int = 0) -> bool:
+    """True when a NEEDS_CSUM frame at ``buf[base:]`` is TCP over IPv4 with the checksum where
+    TCP keeps it (the case the bus carries as checksum-partial)."""
+    if len(buf) < base + ETH_LEN + 20 or buf[base + 12] != 0x08 or buf[base + 13] != 0x00:
+        return False
+    if buf[base + ETH_LEN + 9] != 6 or csum_offset != 16:
+        return False
+    return csum_start == ETH_LEN + (buf[base + ETH_LEN] & 15) * 4
+
+
+def encode_header_partial(frame, mtu: int) -> bytes:
+    """The vnet header for a checksum-partial TCP/IPv4 frame: NEEDS_CSUM, GSO when large."""
+    start = tcp_csum_start(frame)
+    if len(frame) <= mtu + ETH_LEN:
+        return VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, start, 16)
+    thl = (frame[start + 12] >> 4) * 4
+    return VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, start + thl, mtu - (start - ETH_LEN) - thl, start, 16)

@@ -155,10 +155,13 @@ def tcp_checksum_ok(l4, src: bytes, dst: bytes) -> bool:
 
 
 
-def tcp_frame(eth: bytes, src: bytes, dst: bytes, seg, ident: int) -> bytes:
+def tcp_frame(eth: bytes, src: bytes, dst: bytes, seg, ident: int, partial: bool = False) -> bytes:
     """One ethernet frame carrying ``seg`` (a wire.tcp.Segment) from ``src`` to ``dst``: the
     same bytes as ``eth + build_ipv4(...) + build_tcp(seg, src, dst)`` with the payload copied
-    once (this is the hot path of every byte sent to a guest)."""
+    once (this is the hot path of every byte sent to a guest).
+
+    ``partial``: leave only the folded pseudo-header sum in the checksum field
+    (CHECKSUM_PARTIAL, see bus/endpoints.py): no pass over the payload at all."""
     from wire.tcp import build_options  # local import keeps this module free of the engine
 
     opts = build_options(seg) if (seg.mss is not None or seg.ts is not None or seg.sack_perm
@@ -171,10 +174,13 @@ def tcp_frame(eth: bytes, src: bytes, dst: bytes, seg, ident: int) -> bytes:
                        ((hlen // 4) << 12) | (seg.flags & 0xFF), seg.window, 0, seg.urg)
     if opts:
         hdr[20:] = opts
-    s = int.from_bytes(hdr, "big") + pseudo_ipv4(src, dst, 6, total)
-    if payload:
-        s = ones_sum(payload, s)  # the header is a whole number of words: payload stays aligned
-    cs = (~fold(s)) & 0xFFFF
+    if partial:
+        cs = fold(pseudo_ipv4(src, dst, 6, total))
+    else:
+        s = int.from_bytes(hdr, "big") + pseudo_ipv4(src, dst, 6, total)
+        if payload:
+            s = ones_sum(payload, s)  # the header is a whole number of words: payload stays aligned
+        cs = (~fold(s)) & 0xFFFF
     _U16.pack_into(hdr, 16, cs)
     iph = ipv4.build_ipv4(src, dst, 6, total, ident=ident)
     if payload:

@@ -10,7 +10,7 @@ import time
 from bus import endpoints
 from engine.tcp.conn import TcpConnection
 from gangway import config as configmod
-from wire import icmp, ipv4, udp
+from wire import icmp, ipv4, udp, vnet
 from wire.ethernet import ETH_HEADER, ETH_LEN, ETHERTYPE_IPV4, mac_bytes
 from wire.tcp import build_tcp, parse_tcp
 
@@ -37,7 +37,9 @@ class Rig:
         self.gw_mac = mac_bytes(cfg["network"]["gateway_mac"])
         self.svc = FlowService(run_dir, cfg)
         self.sent: list = []
-        self.svc.send_frames = lambda frames, source=None: self.sent.extend(bytes(f) for f in frames)
+        # partial-checksum TCP frames are completed as a link would, so tests see real checksums
+        self.svc.send_frames = lambda frames, source=None, partial=False: self.sent.extend(
+            vnet.complete_partial(f) if partial else bytes(f) for f in frames)
         self.svc.start()
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+import services.flow as flowmod
 from engine.tcp.events import Closed, Connected, EndOfStream, Reset
 from wire import icmp
 from wire.tcp import RST, ACK, SYN, Segment, parse_tcp
@@ -341,7 +342,7 @@ def test_guest_zero_window_pauses_host_reads_then_resumes(rig):
     flow = next(iter(rig.svc.table.flows.values()))
     assert sent < len(out)  # the host is blocked: nobody reads on the way
     assert flow.conn.send_space() == 0 and not flow.mask & 1  # not reading the host socket
-    assert len(flow.conn._sbuf) <= 512 * 1024 + 256 * 1024  # bounded
+    assert len(flow.conn._sbuf) <= flowmod.TCP_SND_BUF + flowmod.READ_CHUNK  # bounded
     g.reading = True
     assert g.run(lambda: host_write() or len(g.data) == len(out), timeout=20)
     assert g.data == out

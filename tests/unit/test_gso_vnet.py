@@ -59,3 +59,32 @@ def test_vnet_header_for_large_tcp_is_gso():
     flags, gtype, hdr_len, gso_size, _, _ = vnet.VNET.unpack(vnet.encode_header(frame, 1500))
     assert gtype == vnet.GSO_TCPV4 and hdr_len == 54 and gso_size == 1460
     assert vnet.encode_header(tcp_frame(b"z" * 100), 1500) == vnet.PLAIN
+
+
+def _partial(frame: bytes) -> bytearray:
+    f = bytearray(frame)
+    vnet.gso_checksum_field(f)  # what a kernel (or flow) leaves: the pseudo-header sum
+    return f
+
+
+def test_partial_frames_complete_to_the_real_checksum():
+    full = tcp_frame(b"p" * 999)
+    part = _partial(full)
+    assert bytes(part) != full
+    assert vnet.complete_partial(part) == full
+    assert vnet.is_partial_tcp4(part, 34, 16) and not vnet.is_partial_tcp4(part, 34, 6)
+
+
+def test_partial_header_for_tap():
+    small = _partial(tcp_frame(b"s" * 100))
+    flags, gtype, _, _, start, off = vnet.VNET.unpack(vnet.encode_header_partial(small, 1500))
+    assert (flags, gtype, start, off) == (vnet.F_NEEDS_CSUM, vnet.GSO_NONE, 34, 16)
+    big = _partial(tcp_frame(b"b" * 40000))
+    flags, gtype, hdr_len, gso_size, start, off = vnet.VNET.unpack(vnet.encode_header_partial(big, 1500))
+    assert (flags, gtype, hdr_len, gso_size, start, off) == (vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 54, 1460, 34, 16)
+
+
+def test_segmenting_a_partial_super_frame_gives_real_checksums():
+    payload = bytes(range(256)) * 100
+    for piece in gso.segment(_partial(tcp_frame(payload)), 1500):
+        _check_tcp(piece)
