@@ -75,7 +75,7 @@ class DhcpService(Service):
 
     def start(self) -> None:
         self.loop.call_every(5.0, self._housekeeping)
-        leases = self.server.leases()
+        leases = [le for le in self.server.leases() if le.get("state") == "bound"]
         self.log.info("leases_loaded", count=len(leases))
         for lease in leases:
             self._announce_lease(lease)
@@ -121,7 +121,8 @@ class DhcpService(Service):
     def _on_event(self, ev) -> None:
         kind = type(ev).__name__
         fields = {k: (v if isinstance(v, (int, float, str, type(None))) else str(v)) for k, v in vars(ev).items()}
-        self.log.info("dhcp_" + kind.lower(), **fields)
+        # offers are per DISCOVER (a flood would flood the log): debug; the rest are per lease
+        (self.log.debug if kind == "Offered" else self.log.info)("dhcp_" + kind.lower(), **fields)
         if kind == "LeaseGranted":
             self.dirty = True
             self.publish_event("lease", mac=fields.get("mac"), ip=fields.get("ip"),
@@ -148,7 +149,7 @@ class DhcpService(Service):
     def handle_stats(self, msg) -> dict:
         r = super().handle_stats(msg)
         r["counters"].update({f"dhcp.{k}": v for k, v in self.server.counters.items()})
-        r["counters"]["leases"] = len(self.server.leases())
+        r["counters"]["leases"] = sum(1 for le in self.server.leases() if le.get("state") == "bound")
         return r
 
     def handle_leases(self, msg) -> dict:
