@@ -103,7 +103,7 @@ class SwitchCore:
             if not from_guest:
                 return self.drop("service_to_gateway")
             return self._to_gateway(source, frame, etype, now)
-        if from_guest and etype == ETHERTYPE_ARP and n >= ETH_LEN + 28 and frame[ETH_LEN + 14 : ETH_LEN + 18] in self.virtual_ips:
+        if from_guest and etype == ETHERTYPE_ARP and n >= ETH_LEN + 28 and bytes(frame[ETH_LEN + 14 : ETH_LEN + 18]) in self.virtual_ips:
             return self.drop("arp_spoofing_virtual_ip")  # no guest may claim the gateway's addresses
         if dst[0] & 1:  # broadcast / multicast
             out = self._flood(source, frame)

@@ -68,13 +68,14 @@ class Service:
         sub = self.sub
         for _ in range(256):
             try:
-                parts = sub.recv_multipart(zmq.NOBLOCK, copy=True)
+                parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.on_message(parts)
+            # the topic as bytes, frames as memoryviews of ZeroMQ's own buffers (no copy)
+            self.on_message([parts[0].bytes, *(p.buffer for p in parts[1:])])
 
     def on_message(self, parts: list) -> None:
-        """[topic, frame, ...] from the switch; default: frames to on_frames.
+        """[topic, frame, ...] from the switch (frames are memoryviews); default: on_frames.
 
         A zero-length part right after the topic marks the frames as checksum-partial TCP
         (see bus/endpoints.py); ``self.rx_partial`` tells on_frames."""

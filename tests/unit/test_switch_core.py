@@ -83,9 +83,12 @@ def test_mac_table_bounded_under_random_source_flood():
 @given(st.binary(max_size=120), st.sampled_from([b"g:a", b"s:flow", b"s:dhcp"]))
 def test_any_bytes_never_raise(data, src):
     c = core()
+    c.handle(src, memoryview(data), 0.0)  # the switch service hands the core memoryviews
     c.handle(src, data, 0.0)
     c.handle(src, GW_MAC + A + b"\x08\x00" + data, 0.0)
     c.handle(src, BROADCAST + A + b"\x08\x06" + data, 0.0)
+    c.handle(src, memoryview(BROADCAST + A + b"\x08\x06" + data), 0.0)
+    c.handle(src, memoryview(GW_MAC + A + b"\x08\x00" + data), 0.0)
 
 
 def test_guest_cannot_claim_virtual_addresses_by_arp():
