@@ -17,8 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 from tests.harness import Guest, Stack
 
@@ -77,40 +76,31 @@ def blackhole_10_0_2():
 
 
 @contextmanager
+def peer_guest(name: str, prefix: str, argv):
+    """A namespace guest configured by a peer process (argv: a function of the netns name)."""
+    g = Guest(prefix)
+    p = subprocess.Popen(argv(g.name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while "10.0.2.100" not in g.run("ip", "-4", "addr").stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not configure the namespace")
+            time.sleep(0.1)
+        yield g, "10.0.2.2"
+    finally:
+        p.kill()
+        p.wait()
+        g.close()
+
+
 def slirp_guest(mtu: int):
-    g = Guest("bsl")
-    p = subprocess.Popen(["slirp4netns", "--configure", f"--mtu={mtu}", "--netns-type=path",
-                          f"/run/netns/{g.name}", "tap0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while "10.0.2.100" not in g.run("ip", "-4", "addr").stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError("slirp4netns did not configure the namespace")
-            time.sleep(0.1)
-        yield g, "10.0.2.2"
-    finally:
-        p.kill()
-        p.wait()
-        g.close()
+    return peer_guest("slirp4netns", "bsl", lambda ns: ["slirp4netns", "--configure", f"--mtu={mtu}",
+                                                          "--netns-type=path", f"/run/netns/{ns}", "tap0"])
 
 
-@contextmanager
 def pasta_guest(mtu: int):
-    g = Guest("bpa")
-    p = subprocess.Popen(["pasta", "-f", "--runas", "0", "--config-net", "-4", "-a", "10.0.2.100", "-n", "24",
-                          "-g", "10.0.2.2", "-m", str(mtu), "--netns", f"/run/netns/{g.name}"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while "10.0.2.100" not in g.run("ip", "-4", "addr").stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError("pasta did not configure the namespace")
-            time.sleep(0.1)
-        yield g, "10.0.2.2"
-    finally:
-        p.kill()
-        p.wait()
-        g.close()
+    return peer_guest("pasta", "bpa", lambda ns: ["pasta", "-f", "--runas", "0", "--config-net", "-4", "-a", "10.0.2.100",
+                                                  "-n", "24", "-g", "10.0.2.2", "-m", str(mtu), "--netns", f"/run/netns/{ns}"])
 
 
 PEERS = {"gangway": gangway_guest, "slirp4netns": slirp_guest, "pasta": pasta_guest}

@@ -6,7 +6,6 @@ socket and optionally on TCP, several VMs at once. Each link is a switch port b"
 """
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct

@@ -10,7 +10,7 @@ from engine.dhcp.server import DhcpConfig, DhcpServer
 from gangway.statefile import read_json, write_json
 from services.common import Service
 from wire import ipv4, udp
-from wire.ethernet import ETH_LEN, ETHERTYPE_IPV4, FrameError, build_eth, mac_bytes, parse_eth
+from wire.ethernet import ETHERTYPE_IPV4, FrameError, build_eth, mac_bytes
 
 LEASES_FILE = "leases.json"
 
@@ -91,13 +91,7 @@ class DhcpService(Service):
         for frame in frames:
             self.count("frames_in")
             try:
-                _dst, src_mac, etype, off = parse_eth(frame)
-                if etype != ETHERTYPE_IPV4:
-                    raise FrameError("not IPv4")
-                ip = ipv4.parse_ipv4(frame, off)
-                if ip.proto != ipv4.PROTO_UDP:
-                    raise FrameError("not UDP")
-                _sport, dport, payload = udp.parse_udp(frame, ip.start, ip.end, ip.src, ip.dst)
+                _mac, _ip, _sport, dport, payload = udp.parse_udp_frame(frame)
                 if dport != 67:
                     raise FrameError("not to port 67")
             except FrameError as e:

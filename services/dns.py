@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 
-import zmq
 
 from bus import endpoints, envelope
 from bus.client import ControlError, request
 from services.common import Service
 from services.dnsserver import DnsServer
 from wire import ipv4, udp
-from wire.ethernet import ETHERTYPE_IPV4, FrameError, build_eth, mac_bytes, parse_eth
+from wire.ethernet import ETHERTYPE_IPV4, FrameError, build_eth, mac_bytes
 
 TCP_SOCKET = "dns-tcp.sock"
 
@@ -74,13 +73,7 @@ class DnsService(Service):
         for frame in frames:
             self.count("frames_in")
             try:
-                _dst, src_mac, etype, off = parse_eth(frame)
-                if etype != ETHERTYPE_IPV4:
-                    raise FrameError("not IPv4")
-                ip = ipv4.parse_ipv4(frame, off)
-                if ip.proto != ipv4.PROTO_UDP or ip.is_fragment:
-                    raise FrameError("not an unfragmented UDP datagram")
-                sport, dport, payload = udp.parse_udp(frame, ip.start, ip.end, ip.src, ip.dst)
+                src_mac, ip, sport, _dport, payload = udp.parse_udp_frame(frame)
             except FrameError as e:
                 self.drops.drop("bad_frame", error=str(e))
                 continue

@@ -28,3 +28,19 @@ def build_udp(src: bytes, dst: bytes, sport: int, dport: int, payload) -> bytes:
     hdr = UDP.pack(sport, dport, length, 0)
     cs = checksum(hdr + bytes(payload), pseudo_ipv4(src, dst, 17, length)) or 0xFFFF
     return UDP.pack(sport, dport, length, cs) + bytes(payload)
+
+
+def parse_udp_frame(frame):
+    """(source MAC, IPv4 header, sport, dport, payload) of an unfragmented UDP/IPv4 ethernet
+    frame; FrameError for anything else."""
+    from . import ipv4
+    from .ethernet import ETHERTYPE_IPV4, parse_eth
+
+    _dst, src_mac, etype, off = parse_eth(frame)
+    if etype != ETHERTYPE_IPV4:
+        raise FrameError("not IPv4")
+    ip = ipv4.parse_ipv4(frame, off)
+    if ip.proto != ipv4.PROTO_UDP or ip.is_fragment:
+        raise FrameError("not an unfragmented UDP datagram")
+    sport, dport, payload = parse_udp(frame, ip.start, ip.end, ip.src, ip.dst)
+    return src_mac, ip, sport, dport, payload
