@@ -1,372 +1,531 @@
-"""DnsServer: the I/O side of gangway's DNS. Local answers from engine.dns.zone, a cache, and
-forwarding either to the host's system resolver (getaddrinfo, in a thread pool) or raw to
-upstream servers (UDP with TCP retry on TC). Listens on host sockets (UDP, TCP, unix) and
-answers queries handed over by the bus adapter (services/dns.py)."""
+"""DnsServer: the I/O side of gangway's DNS (the logic is in engine/resolver).
+
+Order of answering a query: the local zone (authoritative: host, gateway, aliases, guests,
+static and runtime records, PTR), then the cache, then forwarding:
+- ``mode = "upstream"``: the query is sent on as is (new id; EDNS0 and all) over UDP to the
+  configured ``upstreams`` or, when that list is empty, the nameservers of ``resolv_conf``
+  (re-read when it changes, checked at most once a second); ``rule`` entries send a domain
+  to other servers. An answer with TC is fetched again over TCP (in a worker thread).
+- ``mode = "host"``: A/AAAA via the system resolver (getaddrinfo in a small thread pool; a
+  CNAME when the canonical name differs); other types are forwarded as in upstream mode if
+  upstream servers are known (configured or from resolv.conf), else answered NOTIMP.
+Worker threads never touch server state: they put a closure on a queue and write a byte to a
+pipe the loop watches; the closure runs on the loop thread.
+
+Answers larger than the client's UDP limit (512, or its EDNS0 size capped at ``udp_max``) get
+TC; over TCP (``transport="tcp"``, host-side TCP/unix listeners) they go whole.
+Nothing raises out of ``query``: malformed queries get FORMERR when a header parses (else are
+dropped and counted), internal errors SERVFAIL.
+
+Config (the ``[dns]`` table): mode, upstreams, resolv_conf, rule, domain, aliases, records,
+and optionally cache_size (10000), timeout (2.5 s), try_timeout (0.8 s), local_ttl (60),
+host_ttl (30: TTL of answers from the system resolver), udp_max (1232), threads (4),
+tcp_idle (30 s).
+"""
 from __future__ import annotations
 
 import concurrent.futures
 import os
 import queue
+import random
 import socket
-import struct
+import threading
 from pathlib import Path
 from typing import Callable
 
-from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
 
-from engine.dns.cache import AnswerCache
-from engine.dns.forwarder import Forwarder, parse_hostport
-from engine.dns.zone import LocalZone, norm
+from engine.resolver import message
+from engine.resolver.cache import Cache
+from engine.resolver.forwarder import Done, Fail, Forwarder, Send, SendTcp, parse_hostport
+from engine.resolver.truncate import fit
+from engine.resolver.zone import LocalZone, check_hostname, norm
 from gangway.statefile import read_json, write_json
 
 RECORDS_FILE = "dns-records.json"
-TCP_IDLE = 30.0
 MAX_TCP_CLIENTS = 256
+MAX_TCP_OUT = 1 << 20
+MAX_HOST_PENDING = 256
+REFUSED_TYPES = {QTYPE.AXFR, QTYPE.IXFR, 253, 254}  # zone transfers, MAILB, MAILA
+BASE_COUNTERS = ("queries", "local", "forwarded", "cache_hits", "nxdomain", "servfail", "formerr", "notimp",
+                 "refused", "truncated", "drops")
 
 
-def resolv_conf_servers(path: str) -> tuple[list[str], float]:
-    try:
-        st = os.stat(path)
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return [], 0.0
-    servers = []
+def resolv_conf_servers(text: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf, as "IP:53" (bad lines skipped)."""
+    out = []
     for line in text.splitlines():
-        parts = line.split()
+        parts = line.split("#")[0].split(";")[0].split()
         if len(parts) >= 2 and parts[0] == "nameserver":
-            addr = parts[1].split("%")[0]
-            servers.append(f"[{addr}]:53" if ":" in addr else f"{addr}:53")
-    return servers, st.st_mtime
+            try:
+                host, port = parse_hostport(parts[1].split("%")[0] if ":" in parts[1] else parts[1])
+            except ValueError:
+                continue
+            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
+
+
+class Waiter:
+    """A client waiting for a forwarded answer. ``chain``: local CNAMEs to put in front."""
+
+    __slots__ = ("reply", "limit", "request", "chain")
+
+    def __init__(self, reply, limit: int, request: DNSRecord, chain=None):
+        self.reply, self.limit, self.request, self.chain = reply, limit, request, chain
 
 
 class DnsServer:
     def __init__(self, loop, config: dict, *, gateway: str, host_alias: str, subnet: str, state_dir: Path, log,
                  resolve: Callable | None = None):
-        self.loop, self.cfg, self.log = loop, config, log
+        self.loop, self.cfg, self.log = loop, dict(config or {}), log
+        cfg = self.cfg
         self.state_dir = Path(state_dir)
-        self.mode = config.get("mode", "upstream")
-        self.counters: dict[str, int] = {}
-        self.zone = LocalZone(domain=config.get("domain", "gangway.internal"), gateway=gateway, host_alias=host_alias,
-                              subnet=subnet, aliases=config.get("aliases", []), ttl=int(config.get("local_ttl", 60)))
-        for r in config.get("records", []):
-            self.zone.add(r["name"], r["type"], str(r["value"]), r.get("ttl"), source="static")
+        self.mode = cfg.get("mode", "upstream")
+        if self.mode not in ("host", "upstream"):
+            raise ValueError(f"dns.mode must be 'host' or 'upstream', not {self.mode!r}")
+        self._counters: dict[str, int] = dict.fromkeys(BASE_COUNTERS, 0)
+        self._warned: set[str] = set()
+        self.udp_max = max(512, int(cfg.get("udp_max", 1232)))
+        self.host_ttl = int(cfg.get("host_ttl", 30))
+        self.timeout = float(cfg.get("timeout", 2.5))
+        self.tcp_idle = float(cfg.get("tcp_idle", 30.0))
+        self.zone = LocalZone(domain=cfg.get("domain", "gangway.internal"), gateway=gateway, host_alias=host_alias,
+                              subnet=subnet, aliases=cfg.get("aliases", ()), ttl=int(cfg.get("local_ttl", 60)))
+        for i, r in enumerate(cfg.get("records", ()) or ()):
+            try:
+                self.zone.add(r["name"], r["type"], str(r["value"]), r.get("ttl"), source="static")
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"dns.records[{i}] {r!r}: {e}") from None
         self._load_runtime()
-        self.cache = AnswerCache(int(config.get("cache_size", 10000)))
-        self.resolv_path = config.get("resolv_conf", "/etc/resolv.conf")
-        self._resolv_mtime = -1.0
+        self.cache = Cache(int(cfg.get("cache_size", 10000)))
+        self.fwd = Forwarder(upstreams=cfg.get("upstreams", ()) or (), rules=cfg.get("rule", ()) or (),
+                             timeout=self.timeout, try_timeout=float(cfg.get("try_timeout", 0.8)))
+        self.resolv_path = cfg.get("resolv_conf", "/etc/resolv.conf")
+        self.resolv_check_interval = 1.0
+        self._resolv_sig = None
         self._resolv_checked = -1e9
-        self.fwd = Forwarder(upstreams=[], rules=config.get("rule", []), timeout=float(config.get("timeout", 2.5)),
-                             try_timeout=float(config.get("try_timeout", 0.8)))
         self._refresh_upstreams(force=True)
         self.resolve = resolve or socket.getaddrinfo
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
-        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=int(cfg.get("threads", 4)),
+                                                          thread_name_prefix="dns")
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # closures from worker threads
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_lock = threading.Lock()
         loop.add_reader(self._wake_r, self._on_wake)
-        self.up4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.up4.setblocking(False)
-        loop.add_reader(self.up4, lambda: self._on_upstream(self.up4))
-        self.up6 = None
-        self.waiting: dict[int, tuple] = {}  # token -> (reply, limit, request)
+        self._up: dict[int, socket.socket] = {}  # family -> upstream UDP socket
+        self.waiting: dict[int, Waiter] = {}
+        self.host_pending: dict[int, object] = {}  # token -> timeout Timer
         self._tokens = 0
         self._timer = None
+        self._timer_at = None
         self.listeners: list = []
         self.tcp_clients: dict = {}
+        self.closed = False
 
-    # -- state -------------------------------------------------------------------------
+    # -- counters and state ----------------------------------------------------------------------
+    @property
+    def counters(self) -> dict:
+        out = dict(self._counters)
+        out.update({f"upstream.{k}": v for k, v in self.fwd.counters.items()})
+        out.update({f"cache.{k}": v for k, v in self.cache.stats.items()})
+        out["cache.entries"] = len(self.cache)
+        out["pending"] = len(self.waiting)
+        return out
+
+    def _count(self, k: str, n: int = 1) -> None:
+        self._counters[k] = self._counters.get(k, 0) + n
+
+    def _drop(self, reason: str) -> None:
+        self._count("drops")
+        self._count("drop." + reason)
+
+    def _warn_once(self, kind: str, **kw) -> None:
+        self._count(kind)
+        if kind not in self._warned:
+            self._warned.add(kind)
+            self.log.warning(kind, first=True, **kw)
+
     def _load_runtime(self) -> None:
         try:
             data = read_json(self.state_dir / RECORDS_FILE, {"records": []})
-        except ValueError as e:
-            self.log.error("dns_records_corrupt", error=str(e))
-            data = {"records": []}
-        for r in data.get("records", []):
+        except (OSError, ValueError) as e:
+            self.log.error("dns_records_unreadable", path=str(self.state_dir / RECORDS_FILE), error=str(e))
+            return
+        records = data.get("records", []) if isinstance(data, dict) else []
+        for r in records:
             try:
-                self.zone.add(r["name"], r["type"], r["value"], r.get("ttl"), source="runtime")
-            except (KeyError, ValueError) as e:
+                self.zone.add(r["name"], r["type"], str(r["value"]), r.get("ttl"), source="runtime")
+            except (KeyError, TypeError, ValueError) as e:
                 self.log.warning("dns_record_skipped", record=r, error=str(e))
 
     def _save_runtime(self) -> None:
-        write_json(self.state_dir / RECORDS_FILE, {"version": 1, "records": self.zone.runtime_records()})
+        recs = [{k: r[k] for k in ("name", "type", "value", "ttl")} for r in self.zone.records_of("runtime")]
+        write_json(self.state_dir / RECORDS_FILE, {"version": 1, "records": recs})
 
-    def _count(self, k: str, n: int = 1) -> None:
-        self.counters[k] = self.counters.get(k, 0) + n
-
-    # -- the public API ----------------------------------------------------------------
+    # -- the public API ----------------------------------------------------------------------------
     def set_guest(self, hostname: str, ip: str) -> None:
-        hostname = norm(hostname)
-        if not hostname:
+        """``hostname.DOMAIN`` -> ``ip`` (and its PTR), replacing that name's previous address."""
+        try:
+            label = check_hostname(hostname)
+            name = f"{label}.{self.zone.domain}"
+            if name in self.zone.reserved:
+                raise ValueError(f"{name} is a built-in name")
+            self.zone.remove(name, "A", source="guest")
+            self.zone.add(name, "A", ip, None, source="guest")
+        except ValueError as e:
+            self.log.warning("guest_name_rejected", hostname=hostname, ip=ip, error=str(e))
             return
-        name = f"{hostname}.{self.zone.domain}"
-        self.zone.remove(name, "A", source="guest")
-        self.zone.add(name, "A", ip, None, source="guest")
-        self.cache.entries.clear()
         self.log.info("guest_name", name=name, ip=ip)
 
     def remove_guest(self, hostname: str) -> None:
-        self.zone.remove(f"{norm(hostname)}.{self.zone.domain}", source="guest")
-        self.cache.entries.clear()
+        try:
+            label = check_hostname(hostname)
+        except ValueError:
+            return
+        if self.zone.remove(f"{label}.{self.zone.domain}", source="guest"):
+            self.log.info("guest_name_removed", name=f"{label}.{self.zone.domain}")
 
     def add_record(self, name: str, rtype: str, value: str, ttl: int = 60) -> None:
-        name = norm(name)
-        if not name or any(len(label) > 63 or not label for label in name.split(".")):
-            raise ValueError(f"bad name {name!r}")
-        self.zone.add(name, rtype, value, ttl, source="runtime")
-        self.cache.entries.clear()
+        """Add a runtime record (persisted); ValueError with a clear message on bad input."""
+        if not isinstance(name, str) or not isinstance(rtype, str) or not isinstance(value, str):
+            raise ValueError("name, type and value must be strings")
+        rec = self.zone.add(name, rtype, value, ttl, source="runtime")
         self._save_runtime()
-        self.log.info("record_added", name=name, type=rtype.upper(), value=value)
+        self.log.info("record_added", name=rec.name, type=rec.rtype, value=rec.value, ttl=rec.ttl)
 
     def remove_record(self, name: str, rtype: str | None = None, value: str | None = None) -> int:
-        n = self.zone.remove(name, rtype, value, source="runtime")
+        """Remove matching runtime records; how many were removed."""
+        n = self.zone.remove(norm(name), rtype, value, source="runtime")
         if n:
-            self.cache.entries.clear()
             self._save_runtime()
-            self.log.info("record_removed", name=norm(name), count=n)
+            self.log.info("record_removed", name=norm(name), type=rtype, count=n)
         return n
 
     def list_records(self) -> list[dict]:
+        """Every local record: [{"name", "type", "value", "ttl", "source"}], built-ins first."""
         return self.zone.all_records()
 
     def query(self, payload: bytes, reply: Callable[[bytes], None], *, transport: str = "udp") -> None:
+        """Answer ``payload`` through ``reply`` (now or later). Never raises."""
         self._count("queries")
         try:
-            request = DNSRecord.parse(payload)
-        except Exception:
-            self._formerr(payload, reply)
+            parsed = message.parse_query(bytes(payload))
+        except Exception as e:  # parse_query is total; this is a guard
+            self._warn_once("internal_error", error=repr(e))
+            self._drop("internal_error")
             return
+        if parsed.drop:
+            self._drop(parsed.drop)
+            return
+        if parsed.error is not None:
+            self._count("formerr" if parsed.error[3] & 0xF == RCODE.FORMERR else "notimp")
+            self._deliver(reply, parsed.error)
+            return
+        request = parsed.request
+        limit = message.MAX_MSG if transport == "tcp" else message.udp_limit(request, self.udp_max)
+        w = Waiter(reply, limit, request)
         try:
-            self._answer(request, reply, 65535 if transport == "tcp" else self._udp_limit(request))
-        except Exception as e:  # never let a query kill the service
-            self._count("internal_error")
-            self.log.warning("query_failed", error=repr(e))
-            self._send(reply, self._error(request, RCODE.SERVFAIL), 512)
+            self._answer(w, bytes(payload))
+        except Exception as e:  # never let one query hurt the service
+            self._warn_once("internal_error", error=repr(e))
+            self._error(w, RCODE.SERVFAIL)
 
-    # -- answering ---------------------------------------------------------------------
-    @staticmethod
-    def _udp_limit(request: DNSRecord) -> int:
-        for rr in request.ar:
-            if rr.rtype == QTYPE.OPT:
-                return max(512, min(int(rr.rclass), 65535))
-        return 512
+    # -- answering ---------------------------------------------------------------------------------
+    def _deliver(self, reply, data: bytes) -> None:
+        try:
+            reply(data)
+        except Exception as e:
+            self._warn_once("reply_failed", error=repr(e))
 
-    def _formerr(self, payload: bytes, reply) -> None:
-        if len(payload) < 12:
-            self._count("drop.short")
-            return
-        qid, flags = struct.unpack_from("!HH", payload)
-        if flags & 0x8000:  # a response, not a query: drop
-            self._count("drop.not_a_query")
-            return
-        self._count("formerr")
-        reply(struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | RCODE.FORMERR, 0, 0, 0, 0))
-
-    def _error(self, request: DNSRecord, rcode: int) -> DNSRecord:
-        r = request.reply()
-        r.header.rcode = rcode
-        r.header.ra = 1
-        return r
-
-    def _send(self, reply, rec: DNSRecord, limit: int) -> None:
-        data = rec.pack()
-        if len(data) > limit:
+    def _send(self, w: Waiter, rec: DNSRecord, wire: bytes | None = None) -> None:
+        rc = rec.header.rcode
+        if rc == RCODE.NXDOMAIN:
+            self._count("nxdomain")
+        elif rc == RCODE.SERVFAIL:
+            self._count("servfail")
+        elif rc == RCODE.NOTIMP:
+            self._count("notimp")
+        elif rc == RCODE.REFUSED:
+            self._count("refused")
+        data, tc = fit(rec, wire, w.limit)
+        if tc:
             self._count("truncated")
-            t = rec.truncate()
-            t.header.ra = rec.header.ra
-            data = t.pack()
-        reply(data)
+        self._deliver(w.reply, data)
 
-    def _answer(self, request: DNSRecord, reply, limit: int) -> None:
-        h = request.header
-        if h.qr or h.opcode != 0 or len(request.questions) != 1:
-            self._count("formerr" if h.opcode == 0 else "notimp")
-            self._send(reply, self._error(request, RCODE.FORMERR if h.opcode == 0 else RCODE.NOTIMP), limit)
+    def _error(self, w: Waiter, rcode: int) -> None:
+        self._send(w, message.reply_to(w.request, rcode))
+
+    def _answer(self, w: Waiter, payload: bytes) -> None:
+        q = w.request.q
+        if q.qclass not in (1, 255):  # IN, ANY
+            self._error(w, RCODE.REFUSED)
             return
-        q = request.q
+        if q.qtype in REFUSED_TYPES:
+            self._error(w, RCODE.NOTIMP)
+            return
         local = self.zone.answer(str(q.qname), q.qtype)
         if local is not None:
             self._count("local")
-            rcode, answers, auth = local
-            r = request.reply()
-            r.header.aa = 1
-            r.header.ra = 1
-            r.header.rcode = rcode
-            for rr in answers:
-                r.add_answer(rr)
-            for rr in auth:
-                r.add_auth(rr)
-            if rcode == RCODE.NXDOMAIN:
-                self._count("nxdomain")
-            self._send(reply, r, limit)
+            if local.chase:
+                w.chain = local.answers
+                self._resolve(w, local.chase, q.qtype, None)
+                return
+            r = message.reply_to(w.request, local.rcode, aa=True)
+            r.rr, r.auth = list(local.answers), list(local.authority)
+            r.set_header_qa()
+            self._send(w, r)
             return
-        now = self.loop.now()
-        cached = self.cache.get(request, now)
+        self._resolve(w, str(q.qname), q.qtype, payload)
+
+    def _resolve(self, w: Waiter, name: str, qtype: int, payload: bytes | None) -> None:
+        """Cache, then forward (name, qtype); ``payload`` is the client's own query, if it asked this."""
+        cached = self.cache.get((norm(name), qtype, 1), self.loop.now())
         if cached is not None:
             self._count("cache_hits")
-            self._send(reply, cached, limit)
+            self._complete(w, cached, None, from_cache=True)
             return
+        if payload is None:  # chasing a local CNAME: a query of our own
+            sub = DNSRecord(DNSHeader(id=random.randrange(65536), rd=1), q=DNSQuestion(name, qtype))
+            payload = sub.pack()
         self._tokens += 1
         token = self._tokens
-        self.waiting[token] = (reply, limit, request)
+        self.waiting[token] = w
         self._count("forwarded")
-        if self.mode == "host" and q.qtype in (QTYPE.A, QTYPE.AAAA):
-            self.pool.submit(self._host_lookup, token, request)
+        if self.mode == "host" and qtype in (QTYPE.A, QTYPE.AAAA):
+            self._host_start(token, norm(name), qtype)
             return
         self._refresh_upstreams()
-        self._run(self.fwd.start(token, request, now))
+        if self.mode == "host" and not self.fwd.servers_for(name):
+            self.waiting.pop(token, None)
+            self._error(w, RCODE.NOTIMP)  # host mode knows no server for raw forwarding
+            return
+        self._run(self.fwd.start(token, payload, self.loop.now()))
 
-    # -- host mode ---------------------------------------------------------------------
-    def _host_lookup(self, token: int, request: DNSRecord) -> None:
-        q = request.q
-        name = str(q.qname).rstrip(".")
-        family = socket.AF_INET if q.qtype == QTYPE.A else socket.AF_INET6
-        r = request.reply()
-        r.header.ra = 1
-        try:
-            infos = self.resolve(name, None, family, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
-            canon = next((i[3] for i in infos if i[3]), "")
-            owner = q.qname
-            if canon and canon.rstrip(".").lower() != name.lower():
-                r.add_answer(RR(q.qname, QTYPE.CNAME, rdata=CNAME(canon), ttl=10))
-                owner = canon
-            seen = set()
-            for fam, _, _, _, sa in infos:
-                if fam == family and sa[0] not in seen:
-                    seen.add(sa[0])
-                    r.add_answer(RR(owner, q.qtype, rdata=A(sa[0]) if family == socket.AF_INET else AAAA(sa[0]), ttl=10))
-        except socket.gaierror as e:
-            if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
-                if e.errno == socket.EAI_NONAME:
-                    r.header.rcode = RCODE.NXDOMAIN
-            else:
-                r.header.rcode = RCODE.SERVFAIL
-        except Exception:
-            r.header.rcode = RCODE.SERVFAIL
-        self.done.put(("done", token, r))
-        os.write(self._wake_w, b"x")
+    def _complete(self, w: Waiter, rec: DNSRecord, wire: bytes | None, *, from_cache: bool = False) -> None:
+        """Answer ``w`` with ``rec`` (the answer to the question resolved for it)."""
+        if w.chain is None and not from_cache:
+            rec.header.id = w.request.header.id
+            self._send(w, rec, wire)
+            return
+        r = message.reply_to(w.request, rec.header.rcode)
+        r.rr = list(w.chain or ()) + list(rec.rr)
+        r.auth = list(rec.auth)
+        r.ar = [rr for rr in rec.ar if rr.rtype != QTYPE.OPT] + [rr for rr in r.ar if rr.rtype == QTYPE.OPT]
+        r.set_header_qa()
+        r.header.aa = 0
+        r.header.ad = rec.header.ad if w.chain is None else 0
+        self._send(w, r)
 
-    def _on_wake(self) -> None:
-        try:
-            os.read(self._wake_r, 4096)
-        except BlockingIOError:
-            pass
-        actions = []
-        while True:
-            try:
-                item = self.done.get_nowait()
-            except queue.Empty:
-                break
-            if item[0] == "tcp_answer":
-                _, server, data, qid = item
-                actions += self.fwd.on_answer(data, server, self.loop.now(), via_tcp=True)
-            elif item[0] == "tcp_failed":
-                actions += self.fwd.tcp_failed(item[1], self.loop.now())
-            else:
-                actions.append(item)
-        self._run(actions)
-
-    # -- upstream mode -----------------------------------------------------------------
+    # -- forwarding (upstream mode) ----------------------------------------------------------------
     def _refresh_upstreams(self, force: bool = False) -> None:
-        configured = self.cfg.get("upstreams") or []
-        if configured:
-            if force:
-                self.fwd.upstreams = [parse_hostport(u) for u in configured]
+        if self.cfg.get("upstreams"):
             return
         now = self.loop.now()
-        if not force and now - self._resolv_checked < 1.0:
+        if not force and now - self._resolv_checked < self.resolv_check_interval:
             return
         self._resolv_checked = now
         try:
-            mtime = os.stat(self.resolv_path).st_mtime
+            st = os.stat(self.resolv_path)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
-            mtime = 0.0
-        if mtime != self._resolv_mtime:
-            servers, self._resolv_mtime = resolv_conf_servers(self.resolv_path)
-            self.fwd.upstreams = [parse_hostport(s) for s in servers]
-            self.log.info("upstreams", source=self.resolv_path, servers=servers)
+            sig = None
+        if sig == self._resolv_sig and not force:
+            return
+        self._resolv_sig = sig
+        servers: list[str] = []
+        if sig is not None:
+            try:
+                with open(self.resolv_path) as f:
+                    servers = resolv_conf_servers(f.read())
+            except (OSError, UnicodeError) as e:
+                self.log.warning("resolv_conf_unreadable", path=str(self.resolv_path), error=str(e))
+        new = [parse_hostport(s) for s in servers]
+        if new != self.fwd.upstreams:
+            self.fwd.upstreams = new
+            self.log.info("upstreams", source=str(self.resolv_path), servers=servers)
 
     def _sock_for(self, server) -> socket.socket:
-        if ":" not in server[0]:
-            return self.up4
-        if self.up6 is None:
-            self.up6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            self.up6.setblocking(False)
-            self.loop.add_reader(self.up6, lambda: self._on_upstream(self.up6))
-        return self.up6
+        fam = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        s = self._up.get(fam)
+        if s is None:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            self._up[fam] = s
+            self.loop.add_reader(s, lambda: self._on_upstream(s))
+        return s
 
     def _on_upstream(self, sock) -> None:
-        actions = []
+        actions: list = []
         for _ in range(64):
             try:
                 data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                continue  # ICMP errors from a dead upstream: the timer fails over
+                continue  # ICMP port unreachable from a dead upstream: the try timer fails over
             actions += self.fwd.on_answer(data, (addr[0], addr[1]), self.loop.now())
         self._run(actions)
 
-    def _tcp_query(self, server, wire: bytes, qid: int) -> None:
+    def _tcp_worker(self, server, wire: bytes, qid: int, timeout: float) -> None:
+        """In a worker thread: one query over TCP; the outcome goes back to the loop thread."""
         try:
-            fam = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-            with socket.socket(fam, socket.SOCK_STREAM) as s:
-                s.settimeout(2.0)
-                s.connect(server)
-                s.sendall(struct.pack("!H", len(wire)) + wire)
+            with socket.create_connection(server, timeout=max(0.05, timeout)) as s:
+                s.sendall(len(wire).to_bytes(2, "big") + wire)
                 buf = b""
-                while len(buf) < 2 or len(buf) < 2 + struct.unpack_from("!H", buf)[0]:
+                while len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
                     chunk = s.recv(65536)
                     if not chunk:
-                        raise ConnectionError("closed")
+                        raise ConnectionError("closed before a whole answer")
                     buf += chunk
-            self.done.put(("tcp_answer", server, buf[2 : 2 + struct.unpack_from("!H", buf)[0]], qid))
+            data = buf[2 : 2 + int.from_bytes(buf[:2], "big")]
+            self._post(lambda: self._run(self.fwd.on_answer(data, server, self.loop.now(), tcp=True)))
         except OSError:
-            self.done.put(("tcp_failed", qid))
-        os.write(self._wake_w, b"x")
+            self._post(lambda: self._run(self.fwd.on_tcp_failed(qid, server, self.loop.now())))
 
     def _run(self, actions: list) -> None:
-        now = self.loop.now()
         for act in actions:
-            kind = act[0]
-            if kind == "send":
-                try:
-                    self._sock_for(act[1]).sendto(act[2], act[1])
-                except OSError:
-                    self._count("upstream_send_error")
-            elif kind == "tcp":
-                self.pool.submit(self._tcp_query, act[1], act[2], act[3])
-            elif kind == "done":
-                entry = self.waiting.pop(act[1], None)
-                if entry is None:
-                    continue
-                reply, limit, request = entry
-                rec = act[2]
-                self.cache.put(rec, now)
-                if rec.header.rcode == RCODE.NXDOMAIN:
-                    self._count("nxdomain")
-                self._send(reply, rec, limit)
-            elif kind == "fail":
-                entry = self.waiting.pop(act[1], None)
-                if entry is None:
-                    continue
-                self._count("servfail")
-                reply, limit, request = entry
-                self._send(reply, self._error(request, RCODE.SERVFAIL), limit)
+            try:
+                self._act(act)
+            except Exception as e:
+                self._warn_once("internal_error", error=repr(e))
         self._arm()
 
+    def _act(self, act) -> None:
+        if isinstance(act, Send):
+            try:
+                self._sock_for(act.server).sendto(act.wire, act.server)
+            except OSError as e:
+                self._warn_once("upstream_send_error", server=act.server, error=str(e))
+        elif isinstance(act, SendTcp):
+            p = self.fwd.pending.get(act.qid)
+            remaining = (p.deadline - self.loop.now()) if p else self.timeout
+            self.pool.submit(self._tcp_worker, act.server, act.wire, act.qid, remaining)
+        elif isinstance(act, Done):
+            w = self.waiting.pop(act.token, None)
+            if w is not None:
+                self.cache.put(act.record, self.loop.now())
+                self._complete(w, act.record, act.wire)
+        elif isinstance(act, Fail):
+            w = self.waiting.pop(act.token, None)
+            if w is not None:
+                self._count("fail." + act.reason)
+                self._error(w, RCODE.SERVFAIL)
+
     def _arm(self) -> None:
+        deadline = self.fwd.next_deadline()
+        if deadline == self._timer_at:
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        deadline = self.fwd.next_deadline()
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, lambda: self._run(self.fwd.on_timer(self.loop.now())))
+        self._timer = self._timer_at = None
+        if deadline is not None and not self.closed:
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
-    # -- host-side listeners -----------------------------------------------------------
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._run(self.fwd.on_timer(self.loop.now()))
+
+    # -- host mode: getaddrinfo in worker threads -------------------------------------------------
+    def _host_start(self, token: int, name: str, qtype: int) -> None:
+        if len(self.host_pending) >= MAX_HOST_PENDING:
+            self._count("fail.busy")
+            self._error(self.waiting.pop(token), RCODE.SERVFAIL)
+            return
+        self._count("host_lookups")
+        self.host_pending[token] = self.loop.call_later(self.timeout, lambda: self._host_timeout(token))
+        self.pool.submit(self._host_worker, token, name, qtype)
+
+    def _host_worker(self, token: int, name: str, qtype: int) -> None:
+        try:
+            infos = self.resolve(name, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+            outcome = ("ok", infos)
+        except socket.gaierror as e:
+            outcome = ("gai", e.errno)
+        except Exception as e:  # a broken resolver must not kill the worker
+            outcome = ("error", repr(e))
+        self._post(lambda: self._host_done(token, name, qtype, outcome))
+
+    def _host_timeout(self, token: int) -> None:
+        if self.host_pending.pop(token, None) is None:
+            return
+        w = self.waiting.pop(token, None)
+        if w is not None:
+            self._count("fail.host_timeout")
+            self._error(w, RCODE.SERVFAIL)
+
+    def _host_done(self, token: int, name: str, qtype: int, outcome) -> None:
+        timer = self.host_pending.pop(token, None)
+        if timer is None:
+            self._count("host_late")
+            return
+        timer.cancel()
+        w = self.waiting.pop(token, None)
+        if w is None:
+            return
+        rec = DNSRecord(DNSHeader(id=w.request.header.id, qr=1, rd=1, ra=1), q=DNSQuestion(name, qtype))
+        kind, value = outcome
+        if kind == "ok":
+            family = socket.AF_INET if qtype == QTYPE.A else socket.AF_INET6
+            canon = next((i[3] for i in value if i[3]), "")
+            owner = name
+            if canon and norm(canon) != name:
+                rec.add_answer(RR(name, QTYPE.CNAME, rdata=CNAME(canon), ttl=self.host_ttl))
+                owner = canon
+            seen = set()
+            for fam, _t, _p, _c, sa in value:
+                addr = str(sa[0]).split("%")[0]
+                if fam == family and addr not in seen:
+                    seen.add(addr)
+                    rdata = A(addr) if qtype == QTYPE.A else AAAA(addr)
+                    rec.add_answer(RR(owner, qtype, rdata=rdata, ttl=self.host_ttl))
+            # a name with addresses of the other family only: NODATA (NOERROR, no answer)
+        elif kind == "gai" and value in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            rec.header.rcode = RCODE.NXDOMAIN if value == socket.EAI_NONAME else RCODE.NOERROR
+        else:
+            self._warn_once("host_resolver_error", name=name, error=str(value))
+            rec.header.rcode = RCODE.SERVFAIL
+        self.cache.put(rec, self.loop.now())
+        if w.chain is None and message.client_opt(w.request) is not None:
+            rec.add_ar(EDNS0(udp_len=message.OUR_UDP_SIZE))
+        self._complete(w, rec, None)
+
+    # -- worker threads -> loop thread -------------------------------------------------------------
+    def _post(self, fn: Callable[[], None]) -> None:
+        """From any thread: run ``fn`` on the loop thread soon."""
+        self.done.put(fn)
+        with self._wake_lock:  # close() must not close the fd under us (its number could be reused)
+            if self._wake_w is None:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # the pipe is full: the loop will wake anyway
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while True:
+            try:
+                fn = self.done.get_nowait()
+            except queue.Empty:
+                return
+            if self.closed:
+                continue
+            try:
+                fn()
+            except Exception as e:
+                self._warn_once("internal_error", error=repr(e))
+
+    # -- host-side listeners ------------------------------------------------------------------------
     def listen_udp(self, addr: tuple) -> int:
+        """Answer queries on a host UDP socket; the bound port."""
         fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_DGRAM)
-        s.bind(addr)
+        s.bind(tuple(addr))
         s.setblocking(False)
         self.listeners.append(s)
 
@@ -383,43 +542,46 @@ class DnsServer:
         self.loop.add_reader(s, on_read)
         return s.getsockname()[1]
 
-    @staticmethod
-    def _udp_reply(sock, data: bytes, peer) -> None:
+    def _udp_reply(self, sock, data: bytes, peer) -> None:
         try:
             sock.sendto(data, peer)
         except OSError:
-            pass
+            self._count("drop.udp_send")
 
     def listen_tcp(self, addr) -> None:
-        if isinstance(addr, str):
+        """Answer DNS over TCP (2-byte length framing, several queries per connection, answers
+        in completion order as RFC 7766 allows) on (host, port) or a unix socket path."""
+        if isinstance(addr, (str, os.PathLike)):
             Path(addr).unlink(missing_ok=True)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.bind(addr)
+            s.bind(str(addr))
             os.chmod(addr, 0o600)
         else:
             fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(addr)
+            s.bind(tuple(addr))
         s.listen(64)
         s.setblocking(False)
         self.listeners.append(s)
+        self.loop.add_reader(s, lambda: self._on_accept(s))
 
-        def on_accept() -> None:
+    def _on_accept(self, s) -> None:
+        for _ in range(16):
             try:
                 conn, _ = s.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            if len(self.tcp_clients) >= MAX_TCP_CLIENTS:
-                self._count("drop.tcp_clients")
-                conn.close()
+            except OSError:
                 return
+            if len(self.tcp_clients) >= MAX_TCP_CLIENTS:
+                self._drop("tcp_clients")
+                conn.close()
+                continue
             conn.setblocking(False)
             self.tcp_clients[conn] = {"buf": b"", "out": b"", "timer": None}
             self._touch(conn)
-            self.loop.add_reader(conn, lambda: self._on_tcp(conn))
-
-        self.loop.add_reader(s, on_accept)
+            self.loop.add_reader(conn, lambda conn=conn: self._on_tcp(conn))
 
     def _touch(self, conn) -> None:
         st = self.tcp_clients.get(conn)
@@ -427,7 +589,7 @@ class DnsServer:
             return
         if st["timer"] is not None:
             st["timer"].cancel()
-        st["timer"] = self.loop.call_later(TCP_IDLE, lambda: self._close_tcp(conn))
+        st["timer"] = self.loop.call_later(self.tcp_idle, lambda: self._close_tcp(conn))
 
     def _close_tcp(self, conn) -> None:
         st = self.tcp_clients.pop(conn, None)
@@ -455,20 +617,25 @@ class DnsServer:
         self._touch(conn)
         buf = st["buf"] + data
         while len(buf) >= 2:
-            (n,) = struct.unpack_from("!H", buf)
+            n = int.from_bytes(buf[:2], "big")
             if len(buf) < 2 + n:
                 break
             msg, buf = buf[2 : 2 + n], buf[2 + n :]
             self.query(msg, lambda out, conn=conn: self._tcp_reply(conn, out), transport="tcp")
+            if conn not in self.tcp_clients:
+                return
         st["buf"] = buf
-        if len(buf) > 70000:
-            self._close_tcp(conn)
 
     def _tcp_reply(self, conn, data: bytes) -> None:
         st = self.tcp_clients.get(conn)
         if st is None:
             return
-        st["out"] += struct.pack("!H", len(data)) + data
+        st["out"] += len(data).to_bytes(2, "big") + data
+        if len(st["out"]) > MAX_TCP_OUT:  # a client that does not read
+            self._drop("tcp_backlog")
+            self._close_tcp(conn)
+            return
+        self._touch(conn)
         self._flush_tcp(conn)
 
     def _flush_tcp(self, conn) -> None:
@@ -489,9 +656,25 @@ class DnsServer:
             self.loop.remove_writer(conn)
 
     def close(self) -> None:
+        """Stop listening, forget pending queries, release sockets and threads."""
+        if self.closed:
+            return
+        self.closed = True
         for conn in list(self.tcp_clients):
             self._close_tcp(conn)
-        for s in self.listeners:
+        for s in self.listeners + list(self._up.values()):
             self.loop.remove_reader(s)
             s.close()
+        self.listeners, self._up = [], {}
+        if self._timer is not None:
+            self._timer.cancel()
+        for t in self.host_pending.values():
+            t.cancel()
+        self.host_pending.clear()
+        self.waiting.clear()
+        self.loop.remove_reader(self._wake_r)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = None

@@ -1,2 +1,0 @@
-"""DNS engine (sans-I/O, dnslib wire format): the local zone, the answer cache and the
-upstream forwarding state machine."""
