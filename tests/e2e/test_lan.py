@@ -169,14 +169,18 @@ def _mutate(frame: bytes, rng: random.Random) -> bytes:
 def test_fuzzed_frames_do_not_kill_services(lan, tmp_path):
     stack, guest = lan
     cap = tmp_path / "seed.pcap"
-    p = _capture(stack, cap, duration=5)
+    p = _capture(stack, cap, duration=6)
     guest.dhcp()
     ping(guest, "192.168.65.1", count=3)
+    ping(guest, "192.168.65.254", count=2)  # ICMP through flow
+    guest.run("dig", "@192.168.65.1", "+time=1", "+tries=1", "host.gangway.internal", timeout=10)  # dns
+    guest.run("python3", "-c", "import socket\ntry: socket.create_connection(('192.168.65.254', 9), timeout=2)\n"
+              "except OSError: pass", timeout=10)  # TCP SYN and RST through flow
     p.wait(timeout=20)
     with open(cap, "rb") as f:
         seeds = [fr for _, fr in pcap.read_pcap(f)]
-    assert seeds
-    pids = {s: stack.pid(s) for s in ("switch", "bridge", "dhcp")}
+    assert len({fr[23] for fr in seeds if fr[12:14] == b"\x08\x00"}) >= 3  # ICMP, TCP and UDP seeds
+    pids = {s: stack.pid(s) for s in ("switch", "bridge", "dhcp", "dns", "flow")}
     rng = random.Random(1234)
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
