@@ -17,6 +17,7 @@ GSO_UDP = 3
 GSO_TCPV6 = 4
 GSO_ECN = 0x80
 PLAIN = bytes(VNET_LEN)
+GSO_MTU = 1500  # TCP frames above this go to a TAP as GSO (see _gso_mss)
 _U16 = struct.Struct("!H")
 
 
@@ -42,28 +43,33 @@ def decode(buf) -> bytearray | bytes:
     return bytes(memoryview(buf)[VNET_LEN:])
 
 
+def _gso_mss(mtu: int, ip_len: int, tcp_len: int) -> int:
+    # Large TCP frames always go as GSO with segments of at most a 1500-byte MTU, even on a
+    # jumbo link: the guest then counts them as many segments (tcp_measure_rcv_mss reads
+    # gso_size) and ACKs promptly, instead of delaying ACKs for "one" 64 KiB segment.
+    return min(mtu, GSO_MTU) - ip_len - tcp_len
+
+
 def encode_header(frame, mtu: int) -> bytes:
-    """The vnet header for writing ``frame`` to a TAP. Frames larger than the MTU must be TCP:
-    they get a GSO header (the guest kernel takes them as one large receive)."""
+    """The vnet header for writing ``frame`` to a TAP. TCP frames larger than a 1500-byte MTU
+    get a GSO header (the guest kernel takes them as one large receive); other frames must
+    fit the link MTU."""
     n = len(frame)
-    if n <= mtu + ETH_LEN:
+    if n <= GSO_MTU + ETH_LEN:
         return PLAIN
     (etype,) = _U16.unpack_from(frame, 12)
-    if etype == ETHERTYPE_IPV4:
+    if etype == ETHERTYPE_IPV4 and frame[ETH_LEN + 9] == 6:
         ihl = (frame[ETH_LEN] & 15) * 4
-        if frame[ETH_LEN + 9] != 6:
-            raise FrameError("oversized non-TCP frame")
         l4 = ETH_LEN + ihl
         thl = (frame[l4 + 12] >> 4) * 4
-        mss = mtu - ihl - thl
-        return VNET.pack(F_DATA_VALID, GSO_TCPV4, l4 + thl, mss, 0, 0)
-    if etype == ETHERTYPE_IPV6:
-        if frame[ETH_LEN + 6] != 6:
-            raise FrameError("oversized non-TCP frame")
+        return VNET.pack(F_DATA_VALID, GSO_TCPV4, l4 + thl, _gso_mss(mtu, ihl, thl), 0, 0)
+    if etype == ETHERTYPE_IPV6 and frame[ETH_LEN + 6] == 6:
         l4 = ETH_LEN + 40
         thl = (frame[l4 + 12] >> 4) * 4
-        return VNET.pack(F_DATA_VALID, GSO_TCPV6, l4 + thl, mtu - 40 - thl, 0, 0)
-    raise FrameError("oversized frame of unknown type")
+        return VNET.pack(F_DATA_VALID, GSO_TCPV6, l4 + thl, _gso_mss(mtu, 40, thl), 0, 0)
+    if n <= mtu + ETH_LEN:
+        return PLAIN
+    raise FrameError("oversized frame that is not TCP")
 
 
 def gso_checksum_field(frame: bytearray) -> None:
@@ -104,7 +110,7 @@ def is_partial_tcp4(buf, csum_start: int, csum_offset: int, base: int = 0) -> bo
 def encode_header_partial(frame, mtu: int) -> bytes:
     """The vnet header for a checksum-partial TCP/IPv4 frame: NEEDS_CSUM, GSO when large."""
     start = tcp_csum_start(frame)
-    if len(frame) <= mtu + ETH_LEN:
+    if len(frame) <= GSO_MTU + ETH_LEN:
         return VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, start, 16)
     thl = (frame[start + 12] >> 4) * 4
-    return VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, start + thl, mtu - (start - ETH_LEN) - thl, start, 16)
+    return VNET.pack(F_NEEDS_CSUM, GSO_TCPV4, start + thl, _gso_mss(mtu, start - ETH_LEN, thl), start, 16)

@@ -88,3 +88,18 @@ def test_segmenting_a_partial_super_frame_gives_real_checksums():
     payload = bytes(range(256)) * 100
     for piece in gso.segment(_partial(tcp_frame(payload)), 1500):
         _check_tcp(piece)
+
+
+def test_jumbo_link_still_uses_gso_with_1500_byte_segments():
+    frame = tcp_frame(b"j" * 60000)
+    _, gtype, _, gso_size, _, _ = vnet.VNET.unpack(vnet.encode_header(frame, 65520))
+    assert gtype == vnet.GSO_TCPV4 and gso_size == 1460
+    _, gtype, _, gso_size, _, _ = vnet.VNET.unpack(vnet.encode_header_partial(_partial(frame), 65520))
+    assert gtype == vnet.GSO_TCPV4 and gso_size == 1460
+    # a large UDP datagram on a jumbo link is a plain frame; above the MTU it is refused
+    udp = build_eth(b"\x02" * 6, b"\x04" * 6, 0x0800, bytes(ipv4.build_ipv4(SRC, DST, 17, 9000)) + bytes(9000))
+    assert vnet.encode_header(udp, 65520) == vnet.PLAIN
+    import pytest
+    from wire.ethernet import FrameError
+    with pytest.raises(FrameError):
+        vnet.encode_header(udp, 1500)
