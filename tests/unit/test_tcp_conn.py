@@ -532,3 +532,14 @@ def test_fuzz_segments_never_break_invariants(steps, to_send):
         assert c.snd_una <= c.snd_nxt <= c.snd_max or c.state is State.CLOSED
         assert c.readable() + c._reasm.nbytes <= 64 * 1024 + 8
         assert c.send_space() >= 0
+
+
+def test_guest_keepalive_probe_is_acked():
+    """A Linux keepalive probe (seq one below the next expected, no data or one garbage byte)
+    must be answered with an ACK, or the guest's keepalive would kill an idle connection."""
+    c, g = established()
+    for payload in (b"", b"\0"):
+        out = g.send(payload=payload, seq=seq_add(g.seq, -1), now=10.0)
+        acks = [s for s in out if s.flags & ACK and not s.payload]
+        assert acks and acks[0].ack == g.seq, out
+    assert c.state is State.ESTABLISHED and c.readable() == 0
