@@ -859,7 +859,7 @@ class TcpConnection:
 
     def _send_new(self, out: list, cap: int, sack_blocks, now: float) -> None:
         end = self._snd_end
-        smss = self._smss
+        smss = min(self._smss, cap)  # a "full-sized" segment is also bounded by the output cap
         una = self.snd_una
         cwnd = self.cc.cwnd
         limit = una + (self.snd_wnd if self.snd_wnd < cwnd else cwnd)

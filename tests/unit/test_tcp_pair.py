@@ -346,3 +346,19 @@ def test_connected_event_on_both_ends():
     link.run(lambda: link.b.conn.state is State.ESTABLISHED)
     finish(link)
     assert link.a.events[:1] == [Connected()] and link.b.events[:1] == [Connected()]
+
+
+def test_output_cap_below_peer_mss_does_not_stop_and_wait():
+    """A peer MSS larger than max_segment (jumbo link: MSS 65468, cap 65241) must still allow
+    several segments in flight; sender SWS avoidance compares against the cap."""
+    from engine.tcp.conn import TcpConnection
+    from wire.tcp import Segment, SYN, ACK
+    syn = Segment(40000, 80, 1000, 0, SYN, 65535, mss=65468, wscale=7, sack_perm=True, ts=(1, 0))
+    c = TcpConnection.passive(syn, now=0.0, isn=5000, mss=65468, max_segment=65241, snd_buf=4 << 20)
+    c.accept(0.0)
+    c.segments_out(0.0)
+    c.on_segment(Segment(40000, 80, 1001, 5001, ACK, 40000, ts=(2, 1)), 0.01)  # window 40000 << 7
+    c.events()
+    c.send(b"x" * (1 << 20))
+    data = [s for s in c.segments_out(0.02) if s.payload]
+    assert len(data) >= 3 and all(len(s.payload) <= 65241 for s in data)
