@@ -33,6 +33,8 @@ unit: venv
 	$(VPY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 bench: venv deps-test
+	@command -v slirp4netns >/dev/null && command -v pasta >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns passt >/dev/null)
 	$(VPY) -m bench.run
 	$(VPY) -m bench.dns_qps
 
