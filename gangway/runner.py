@@ -150,4 +150,5 @@ def stop(run_dir: Path, timeout: float = 20.0) -> None:
         if d.is_dir():
             for p in d.iterdir():
                 p.unlink(missing_ok=True)
-    (run_dir / "supervisor.sock").unlink(missing_ok=True)
+    for sock in ("supervisor.sock", "dns-tcp.sock"):
+        (run_dir / sock).unlink(missing_ok=True)
