@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,9 @@ def dns_lan(make_stack, make_guest, upstreams, tmp_path):
                   "-s", "tests/udhcpc.script", timeout=30)
     assert r.returncode == 0, r.stderr
     guest.ip = guest.addr()
+    lease = Path(f"/tmp/udhcpc-lease-{guest.name}")
+    guest.lease = dict(line.split("=", 1) for line in lease.read_text().splitlines() if "=" in line)
+    lease.unlink()
     return stack, guest, a, b
 
 
@@ -61,6 +65,8 @@ def status(out: str) -> str:
 
 def test_local_names_ptr_nodata_nxdomain(dns_lan):
     stack, guest, _, _ = dns_lan
+    # DHCP's search list: the configured domain, then the host's own search list
+    assert guest.lease["search"].split() == ["gangway.internal", "corp.example"]
     assert short(guest, "host.gangway.internal") == ["192.168.65.254"]
     assert short(guest, "gateway.gangway.internal") == ["192.168.65.1"]
     for alias in ("host.docker.internal", "host.containers.internal"):
