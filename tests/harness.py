@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import tomllib  # noqa: F401  (configs are dicts here)
 
 from bus.client import ControlError, request
 from gangway import config as configmod

@@ -4,7 +4,6 @@ the QEMU command line."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -160,7 +160,7 @@ def test_stream_over_tcp_when_configured(make_stack):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    stack = make_stack({"bridge": {"qemu_tcp": f"127.0.0.1:{port}"}}).up()
+    make_stack({"bridge": {"qemu_tcp": f"127.0.0.1:{port}"}}).up()
     peer = Peer.__new__(Peer)
     peer.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     peer.mac, peer.ip, peer.buf = mac_bytes("52:54:00:00:00:0d"), bytes([192, 168, 65, 30]), b""
