@@ -57,6 +57,7 @@ FD_RESERVE = 128  # descriptors kept for the bus, logs and control
 ICMP_IDLE = 30.0  # seconds an echo flow lives without traffic
 SWEEP_EVERY = 1.0
 DRAIN_TIMEOUT = 30.0  # seconds a closed connection may wait for its host socket to drain
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4  # host side, once the guest probes
 
 # ICMP unreachable code for a Reject reason (UDP and ICMP; TCP always gets RST)
 _REJECT_CODE = {"closed": icmp.PORT_UNREACH, "subnet": icmp.HOST_UNREACH}
@@ -127,7 +128,7 @@ class _Flow:
         return {"id": self.id, "proto": self.proto, "guest": self.guest, "remote": self.remote,
                 "host": self.host, "target": self.target.text() if self.target else "",
                 "state": self.state(), "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                "age": round(now - self.created, 3)}
+                "age": round(now - self.created, 3), "keepalive": getattr(self, "keepalive", False)}
 
 
 # ---------------------------------------------------------------------------------- UDP
@@ -246,6 +247,7 @@ class TcpFlow(_Flow):
         self.host_eof = False     # the host socket read EOF (we called conn.close())
         self.guest_eof = False    # the guest's FIN arrived (EndOfStream)
         self.shut_wr = False      # shutdown(SHUT_WR) done on the host socket
+        self.keepalive = False    # the guest probes: the host socket keeps the far end alive too
         self.engine_done = False  # Closed seen
         self.reset = ""           # why it was reset, if it was
         self.done_at = None       # when the engine reached CLOSED (host data may still drain)
@@ -337,6 +339,19 @@ class TcpFlow(_Flow):
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+    def reflect_keepalive(self) -> None:
+        """The guest sends keepalive probes on this connection: do the same towards the host's
+        peer, so a far end that dies is noticed and the guest gets an RST (via host_reset)."""
+        self.keepalive = True
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        except OSError:
+            pass
+        self.svc.count("keepalive_reflected")
 
     def host_reset(self, why: str) -> None:
         """The host side reset (or failed): RST the guest, drop the host socket."""
@@ -699,6 +714,8 @@ class FlowService(Service):
                 flow = None
             else:
                 flow.conn.on_segment(seg, now)
+                if not flow.keepalive and flow.conn.stats.keepalive_probes and flow.sock is not None:
+                    flow.reflect_keepalive()
                 self.dirty.add(flow)
                 return
         if not seg.sport or not seg.dport:

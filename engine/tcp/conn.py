@@ -105,7 +105,7 @@ class TcpStats:
 
     __slots__ = ("segments_in", "segments_out", "bytes_in", "bytes_out", "bytes_acked",
                  "retransmits", "fast_retransmits", "timeouts", "dupacks_in", "ooo_segments",
-                 "challenge_acks", "window_probes", "drops")
+                 "challenge_acks", "window_probes", "keepalive_probes", "drops")
 
     def __init__(self):
         for k in self.__slots__:
@@ -496,7 +496,10 @@ class TcpConnection:
         # zero-window probes and ACKs are processed)
         seg_len = plen + (flags & FIN)
         if seq > wnd_end or seq + seg_len < rcv_nxt or (seg_len == 0 and seq < rcv_nxt):
-            self.stats.drop("out_of_window")
+            if seq == rcv_nxt - 1 and plen <= 1 and not flags & FIN:
+                self.stats.keepalive_probes += 1  # the peer's keepalive: answered by the ACK
+            else:
+                self.stats.drop("out_of_window")
             self._ack_now = True
             return
         if not flags & ACK:
