@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         results["gangway_local_name"] = run_client(guest.run, "192.168.65.1", 53, "host.gangway.internal", args.count, args.window)
         results["gangway_uncached"] = run_client(guest.run, "192.168.65.1", 53, "unique", args.count // 2, args.window)
     finally:
-        stack.down()
+        stack.cleanup()
         guest.close()
         up.stop()
     base = results["direct_upstream"]["qps"]

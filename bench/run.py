@@ -62,7 +62,7 @@ def gangway_guest(mtu: int):
         g.dhcp()
         yield g, "192.168.65.254"
     finally:
-        stack.down()
+        stack.cleanup()
         g.close()
 
 

@@ -40,7 +40,7 @@ def make_stack():
 
     yield make
     for s in stacks:
-        s.down()
+        s.cleanup()
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ class Stack:
     """A gangway stack started with `gangway up -d` in its own run dir."""
 
     def __init__(self, overrides: dict | None = None, run_dir: Path | None = None):
+        self.own_dir = run_dir is None  # a temp dir of ours: removed by cleanup()
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="gangway-run-"))
         self.cfg = configmod.validate(_deep_merge(configmod.load(), overrides or {}))
         self.started = False
@@ -59,6 +60,12 @@ class Stack:
         if self.started:
             runner.stop(self.run_dir)
             self.started = False
+
+    def cleanup(self) -> None:
+        """Stop the stack and remove the temp run dir (state and logs included)."""
+        self.down()
+        if self.own_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def request(self, service: str, type_: str, timeout: float = 3.0, **fields) -> dict:
         return request(self.run_dir, service, type_, timeout=timeout, **fields)
