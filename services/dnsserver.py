@@ -6,9 +6,13 @@ static and runtime records, PTR), then the cache, then forwarding:
   configured ``upstreams`` or, when that list is empty, the nameservers of ``resolv_conf``
   (re-read when it changes, checked at most once a second); ``rule`` entries send a domain
   to other servers. An answer with TC is fetched again over TCP (in a worker thread).
+  Each forwarded query goes out on its own connected UDP socket (a random source port, RFC
+  5452 sec. 9.2; the kernel drops datagrams from any other address), closed when the query
+  ends; beyond ``MAX_QUERY_SOCKETS`` open at once, one shared socket per family is used.
 - ``mode = "host"``: A/AAAA via the system resolver (getaddrinfo in a small thread pool; a
   CNAME when the canonical name differs); other types are forwarded as in upstream mode if
-  upstream servers are known (configured or from resolv.conf), else answered NOTIMP.
+  upstream servers are known (configured or from resolv.conf), else answered NOTIMP. Names
+  under a ``rule`` domain are forwarded to the rule's servers whatever the type.
 Worker threads never touch server state: they put a closure on a queue and write a byte to a
 pipe the loop watches; the closure runs on the loop thread.
 
@@ -46,6 +50,7 @@ RECORDS_FILE = "dns-records.json"
 MAX_TCP_CLIENTS = 256
 MAX_TCP_OUT = 1 << 20
 MAX_HOST_PENDING = 256
+MAX_QUERY_SOCKETS = 256  # per-query upstream sockets open at once; beyond it the shared one
 REFUSED_TYPES = {QTYPE.AXFR, QTYPE.IXFR, 253, 254}  # zone transfers, MAILB, MAILA
 BASE_COUNTERS = ("queries", "local", "forwarded", "cache_hits", "nxdomain", "servfail", "formerr", "notimp",
                  "refused", "truncated", "drops")
@@ -112,7 +117,9 @@ class DnsServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_lock = threading.Lock()
         loop.add_reader(self._wake_r, self._on_wake)
-        self._up: dict[int, socket.socket] = {}  # family -> upstream UDP socket
+        self._up: dict[int, socket.socket] = {}  # family -> shared upstream UDP socket
+        self._qsocks: dict[object, list] = {}  # token -> its own connected upstream UDP sockets
+        self._nqsocks = 0
         self.waiting: dict[int, Waiter] = {}
         self.host_pending: dict[int, object] = {}  # token -> timeout Timer
         self._tokens = 0
@@ -130,6 +137,7 @@ class DnsServer:
         out.update({f"cache.{k}": v for k, v in self.cache.stats.items()})
         out["cache.entries"] = len(self.cache)
         out["pending"] = len(self.waiting)
+        out["upstream_sockets"] = self._nqsocks
         return out
 
     def _count(self, k: str, n: int = 1) -> None:
@@ -291,7 +299,7 @@ class DnsServer:
         token = self._tokens
         self.waiting[token] = w
         self._count("forwarded")
-        if self.mode == "host" and qtype in (QTYPE.A, QTYPE.AAAA):
+        if self.mode == "host" and qtype in (QTYPE.A, QTYPE.AAAA) and not self._ruled(name):
             self._host_start(token, norm(name), qtype)
             return
         self._refresh_upstreams()
@@ -344,6 +352,34 @@ class DnsServer:
             self.fwd.upstreams = new
             self.log.info("upstreams", source=str(self.resolv_path), servers=servers)
 
+    def _ruled(self, name: str) -> bool:
+        """Whether a ``rule`` domain covers ``name`` (then it goes to the rule's servers)."""
+        name = norm(name)
+        return any(d == "" or name == d or name.endswith("." + d) for d, _ in self.fwd.rules)
+
+    def _query_sock(self, token, server) -> socket.socket | None:
+        """A new UDP socket connected to ``server`` for query ``token``, or None (cap, error)."""
+        if self._nqsocks >= MAX_QUERY_SOCKETS:
+            self._count("upstream_shared_socket")
+            return None
+        s = socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setblocking(False)
+            s.connect(server)
+        except OSError:
+            s.close()
+            return None
+        self._qsocks.setdefault(token, []).append(s)
+        self._nqsocks += 1
+        self.loop.add_reader(s, lambda: self._on_upstream(s))
+        return s
+
+    def _release(self, token) -> None:
+        for s in self._qsocks.pop(token, ()):
+            self._nqsocks -= 1
+            self.loop.remove_reader(s)
+            s.close()
+
     def _sock_for(self, server) -> socket.socket:
         fam = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
         s = self._up.get(fam)
@@ -392,8 +428,13 @@ class DnsServer:
 
     def _act(self, act) -> None:
         if isinstance(act, Send):
+            p = self.fwd.pending.get(int.from_bytes(act.wire[:2], "big"))
+            s = self._query_sock(p.token, act.server) if p is not None else None
             try:
-                self._sock_for(act.server).sendto(act.wire, act.server)
+                if s is not None:
+                    s.send(act.wire)
+                else:
+                    self._sock_for(act.server).sendto(act.wire, act.server)
             except OSError as e:
                 self._warn_once("upstream_send_error", server=act.server, error=str(e))
         elif isinstance(act, SendTcp):
@@ -401,11 +442,13 @@ class DnsServer:
             remaining = (p.deadline - self.loop.now()) if p else self.timeout
             self.pool.submit(self._tcp_worker, act.server, act.wire, act.qid, remaining)
         elif isinstance(act, Done):
+            self._release(act.token)
             w = self.waiting.pop(act.token, None)
             if w is not None:
                 self.cache.put(act.record, self.loop.now())
                 self._complete(w, act.record, act.wire)
         elif isinstance(act, Fail):
+            self._release(act.token)
             w = self.waiting.pop(act.token, None)
             if w is not None:
                 self._count("fail." + act.reason)
@@ -666,6 +709,8 @@ class DnsServer:
             self.loop.remove_reader(s)
             s.close()
         self.listeners, self._up = [], {}
+        for token in list(self._qsocks):
+            self._release(token)
         if self._timer is not None:
             self._timer.cancel()
         for t in self.host_pending.values():
