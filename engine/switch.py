@@ -37,7 +37,6 @@ class SwitchCore:
         self.guest_ports: set[bytes] = set()
         self.services: set[bytes] = set()
         self.counters: dict[str, int] = {}
-        self.drop_reasons_seen: set[str] = set()
 
     # -- ports -----------------------------------------------------------------------------
     def attach(self, port: bytes) -> None:

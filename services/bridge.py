@@ -62,15 +62,11 @@ class TapLink(Link):
                 frames.append(buf)
                 continue
             try:
-                if len(buf) < vnet.VNET_LEN + ETH_LEN:
-                    raise FrameError("frame shorter than vnet + ethernet headers")
-                flags, _g, _h, _s, cstart, coff = vnet.VNET.unpack_from(buf, 0)
-                if flags & vnet.F_NEEDS_CSUM and vnet.is_partial_tcp4(buf, cstart, coff, vnet.VNET_LEN):
-                    partial.append(memoryview(buf)[vnet.VNET_LEN:])  # the bus carries it partial
-                else:
-                    frames.append(vnet.decode(buf))
+                frame, is_partial = vnet.decode(buf, keep_partial_tcp4=True)
             except FrameError as e:
                 b.drops.drop("bad_vnet_frame", error=str(e))
+                continue
+            (partial if is_partial else frames).append(frame)
         if frames or partial:
             b.count("frames_from_guests", len(frames) + len(partial))
             b.send_frames(frames, self.port)

@@ -31,16 +31,20 @@ def complete_checksum(frame: bytearray, csum_start: int, csum_offset: int) -> No
     _U16.pack_into(frame, pos, cs)
 
 
-def decode(buf) -> bytearray | bytes:
-    """Strip the vnet header from a frame read off a TAP; complete a partial checksum."""
+def decode(buf, keep_partial_tcp4: bool = False):
+    """Strip the vnet header from a frame read off a TAP. Returns (frame, partial): a partial
+    checksum is completed, except that with ``keep_partial_tcp4`` a TCP/IPv4 frame is handed
+    back as is (partial=True), for the bus to carry checksum-partial."""
     if len(buf) < VNET_LEN + ETH_LEN:
         raise FrameError("frame shorter than vnet + ethernet headers")
     flags, _gso, _hl, _gs, cstart, coff = VNET.unpack_from(buf, 0)
     if flags & F_NEEDS_CSUM:
+        if keep_partial_tcp4 and is_partial_tcp4(buf, cstart, coff, VNET_LEN):
+            return memoryview(buf)[VNET_LEN:], True
         frame = bytearray(memoryview(buf)[VNET_LEN:])
         complete_checksum(frame, cstart, coff)
-        return frame
-    return bytes(memoryview(buf)[VNET_LEN:])
+        return frame, False
+    return bytes(memoryview(buf)[VNET_LEN:]), False
 
 
 def _gso_mss(mtu: int, ip_len: int, tcp_len: int) -> int:

@@ -50,8 +50,11 @@ def test_vnet_decode_completes_partial_checksum():
     # as a kernel with TUN_F_CSUM hands it over: the field holds the folded pseudo-header sum
     vnet.gso_checksum_field(frame)
     hdr = vnet.VNET.pack(vnet.F_NEEDS_CSUM, 0, 0, 0, l4, 16)
-    out = vnet.decode(hdr + bytes(frame))
+    out, partial = vnet.decode(hdr + bytes(frame))
+    assert not partial
     _check_tcp(out)
+    kept, partial = vnet.decode(hdr + bytes(frame), keep_partial_tcp4=True)
+    assert partial and bytes(kept) == bytes(frame)
 
 
 def test_vnet_header_for_large_tcp_is_gso():
