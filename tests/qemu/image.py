@@ -33,7 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / "build" / "vm"
 QEMU = "qemu-system-x86_64"
 MARK = "GANGWAY-MARK"
-IMAGE_FORMAT = 1  # bump when the base initramfs layout changes: forces a rebuild
+IMAGE_FORMAT = 2  # bump when the base initramfs layout changes: forces a rebuild
+
+# Real clients from the host's Debian packages, copied in with the shared libraries `ldd`
+# names (the VM kernel runs them as is: same architecture, same glibc). Missing ones are
+# left out; tests that need one check `VmImage.has(name)`.
+HOST_BINARIES = {"iperf3": "/usr/bin/iperf3", "nc.openbsd": "/bin/nc.openbsd"}
 
 # virtio-net and everything it needs; the load order is computed from the modules' own
 # `depends=` modinfo (Debian's .deb ships no modules.dep: depmod runs at install time).
@@ -43,6 +48,7 @@ INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run /etc /root
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
@@ -100,10 +106,12 @@ class Cpio:
         self._buf = bytearray()
         self._ino = 1000
         self._dirs: set[str] = set()
+        self.names: set[str] = set()
 
     def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
                nlink: int = 1) -> None:
         name = name.lstrip("/")
+        self.names.add(name)
         self._ino += 1
         nameb = name.encode() + b"\0"
         fields = [self._ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(nameb), 0]
@@ -156,6 +164,10 @@ class VmImage:
     kernel_version: str   # e.g. "6.1.0-57-cloud-amd64"
     package: str          # e.g. "linux-image-6.1.0-57-cloud-amd64_6.1.192-3_amd64.deb"
     modules: list[str] = field(default_factory=list)  # load order
+    binaries: list[str] = field(default_factory=list)  # HOST_BINARIES names in the image
+
+    def has(self, name: str) -> bool:
+        return name in self.binaries
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -198,6 +210,25 @@ def _busybox(work: Path) -> bytes:
     deb = sorted(work.glob("busybox-static_*.deb"))[-1]
     _run(["dpkg-deb", "-x", str(deb), str(work / "bb")])
     return (work / "bb" / "bin" / "busybox").read_bytes()
+
+
+def _host_binary(c: "Cpio", path: str) -> bool:
+    """Copy a dynamically linked host binary and every library `ldd` resolves into the archive,
+    each at its own path (symlinks followed). False when the binary is not installed."""
+    if not Path(path).is_file():
+        return False
+    r = subprocess.run(["ldd", path], capture_output=True, text=True)
+    if r.returncode != 0:
+        return False
+    files = [path]
+    for line in r.stdout.splitlines():
+        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if m:
+            files.append(m.group(1))
+    for f in files:
+        if f.lstrip("/") not in c.names:
+            c.file(f, Path(f).resolve().read_bytes(), 0o755)
+    return True
 
 
 def _mod_name(path: Path) -> str:
@@ -267,14 +298,16 @@ def _build(cache: Path) -> VmImage:
         for name, data in mods:
             c.file(f"lib/modules/{name}.ko", data)
         c.file("lib/modules/order", ("\n".join(n for n, _ in mods) + "\n").encode())
+        binaries = [name for name, path in HOST_BINARIES.items() if _host_binary(c, path)]
 
         shutil.copyfile(vmlinuz, cache / "vmlinuz.tmp")
         os.replace(cache / "vmlinuz.tmp", cache / "vmlinuz")
         (cache / "base.cpio.gz.tmp").write_bytes(c.gz())
         os.replace(cache / "base.cpio.gz.tmp", cache / "base.cpio.gz")
-        image = VmImage(cache / "vmlinuz", cache / "base.cpio.gz", kver, deb.name, [n for n, _ in mods])
+        image = VmImage(cache / "vmlinuz", cache / "base.cpio.gz", kver, deb.name, [n for n, _ in mods],
+                        binaries)
         meta = {"format": IMAGE_FORMAT, "kernel_version": kver, "package": deb.name,
-                "modules": image.modules}
+                "modules": image.modules, "binaries": binaries}
         (cache / "image.json.tmp").write_text(json.dumps(meta, indent=1))
         os.replace(cache / "image.json.tmp", cache / "image.json")
         return image
@@ -289,10 +322,12 @@ def _cached(cache: Path) -> VmImage | None:
         return None
     if meta.get("format") != IMAGE_FORMAT:
         return None
+    if any(Path(HOST_BINARIES[n]).is_file() for n in set(HOST_BINARIES) - set(meta.get("binaries", []))):
+        return None  # a client installed since the build: rebuild to include it
     if not (cache / "vmlinuz").is_file() or not (cache / "base.cpio.gz").is_file():
         return None
     return VmImage(cache / "vmlinuz", cache / "base.cpio.gz", meta["kernel_version"], meta["package"],
-                   meta["modules"])
+                   meta["modules"], meta.get("binaries", []))
 
 
 def build_image(cache_dir: Path = DEFAULT_CACHE) -> VmImage:

@@ -140,10 +140,10 @@ class _Blob(http.server.BaseHTTPRequestHandler):
 
 
 def test_vm_tcp_both_ways_refused_port_and_ping_host(make_stack, image):
-    """Through flow from a real VM: 24 MiB down (HTTP) and up (nc) with matching md5, a closed
-    host port refused at once, ping of the host alias."""
+    """Through flow from a real VM: 100 MiB down (HTTP) and up (nc) with matching sha256, a
+    closed host port refused at once, ping of the host alias."""
     import socket as _s
-    _Blob.blob = os.urandom(24 * 1024 * 1024)
+    _Blob.blob = os.urandom(100 * 1024 * 1024)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Blob)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     with _s.socket() as probe:
@@ -157,12 +157,12 @@ def test_vm_tcp_both_ways_refused_port_and_ping_host(make_stack, image):
 
     def drain():  # what the VM uploads: until EOF, hashed
         conn, _ = sink.accept()
-        h, n = hashlib.md5(), 0
+        h, n = hashlib.sha256(), 0
         while chunk := conn.recv(1 << 20):
             h.update(chunk)
             n += len(chunk)
         conn.close()
-        uploaded.update(md5=h.hexdigest(), size=n)
+        uploaded.update(sha256=h.hexdigest(), size=n)
 
     threading.Thread(target=drain, daemon=True).start()
     try:
@@ -171,7 +171,7 @@ def test_vm_tcp_both_ways_refused_port_and_ping_host(make_stack, image):
         script = DHCP_SCRIPT + f"""
 wget -q -O /tmp/blob http://{HOST_ALIAS}:{port}/blob 2>/tmp/wget.err
 echo "GANGWAY-MARK get_rc=$?"
-echo "GANGWAY-MARK get_md5=$(md5sum /tmp/blob | cut -d' ' -f1)"
+echo "GANGWAY-MARK get_sha256=$(sha256sum /tmp/blob | cut -d' ' -f1)"
 nc -w 2 {HOST_ALIAS} {sink_port} < /tmp/blob
 echo "GANGWAY-MARK up_rc=$?"
 t0=$(cut -d' ' -f1 /proc/uptime)
@@ -183,17 +183,17 @@ echo "GANGWAY-MARK nc_msg=$(tr ' ' _ </tmp/nc.out)"
 ping -c 2 -W 2 {HOST_ALIAS} >/tmp/ping.out 2>&1
 echo "GANGWAY-MARK ping_host_rc=$?"
 """
-        res = boot(image, socket_path=str(stack.run_dir / "qemu.sock"), script=script, timeout=120,
-                   mac="52:54:00:6a:77:04")
+        res = boot(image, socket_path=str(stack.run_dir / "qemu.sock"), script=script, timeout=240,
+                   mac="52:54:00:6a:77:04", memory=512)  # the blob lives in the VM's tmpfs
     finally:
         srv.shutdown()
         srv.server_close()
         sink.close()
     m = res.markers()
-    md5 = hashlib.md5(_Blob.blob).hexdigest()
+    sha = hashlib.sha256(_Blob.blob).hexdigest()
     assert m.get("dhcp_rc") == "0" and m.get("get_rc") == "0", res
-    assert m.get("get_md5") == md5, res
-    assert uploaded == {"md5": md5, "size": len(_Blob.blob)}, (uploaded, res)
+    assert m.get("get_sha256") == sha, res
+    assert uploaded == {"sha256": sha, "size": len(_Blob.blob)}, (uploaded, res)
     assert m.get("nc_rc") != "0" and "refused" in m.get("nc_msg", "").lower(), res
     assert float(m["nc_t1"]) - float(m["nc_t0"]) < 2.0, res
     assert m.get("ping_host_rc") == "0", res
