@@ -111,11 +111,14 @@ class Loop:
             timeout_ms = cap if timeout_ms is None else min(timeout_ms, cap)
         events = self._poller.poll(timeout_ms)
         for key, flags in events:
-            if flags & zmq.POLLIN:
+            # POLLERR (a pending socket error such as a UDP socket's ICMP port unreachable, or a
+            # hang-up) wakes the reader and the writer: their recv/send surfaces the error and
+            # clears it. Left unread, poll would report it again at once, forever.
+            if flags & (zmq.POLLIN | zmq.POLLERR):
                 cb = self._readers.get(key)
                 if cb is not None:
                     cb()
-            if flags & zmq.POLLOUT:
+            if flags & (zmq.POLLOUT | zmq.POLLERR) and key in self._writers:
                 cb = self._writers.get(key)
                 if cb is not None:
                     cb()
