@@ -16,6 +16,10 @@ Theory of operation
   retried) and marks the silent one down for ``hold_down`` seconds (down servers are tried
   last); a query still unanswered at ``timeout`` after its start yields ``Fail(token, why)``
   (the caller answers SERVFAIL), so the client always hears back within the bound.
+- ``on_refused(token, server, now)``: the caller's socket connected to ``server`` for this
+  query got ICMP port unreachable (ECONNREFUSED). Nothing listens there, so the query moves
+  on at once instead of at ``try_timeout``; once every server of the query has refused, it
+  fails at once (``Fail(token, "refused")``) rather than at ``timeout``.
 
 Servers are (host, port) tuples; ``parse_hostport`` reads "IP:port", "[v6]:port" or "IP".
 """
@@ -77,7 +81,7 @@ def parse_hostport(text, default_port: int = 53) -> tuple[str, int]:
 
 class Pending:
     __slots__ = ("token", "client_id", "body", "question", "servers", "index", "sent", "deadline", "try_deadline",
-                 "tcp", "fallback")
+                 "tcp", "fallback", "refused")
 
     def __init__(self, token, client_id: int, body: bytes, question: tuple, servers: list, now: float, total: float):
         self.token, self.client_id, self.body, self.question, self.servers = token, client_id, body, question, servers
@@ -87,6 +91,7 @@ class Pending:
         self.try_deadline = now
         self.tcp = None  # the server a TCP retry is in flight to
         self.fallback: Done | None = None
+        self.refused: set = set()  # servers that answered with ICMP port unreachable
 
     def wire(self, qid: int) -> bytes:
         return qid.to_bytes(2, "big") + self.body
@@ -152,7 +157,10 @@ class Forwarder:
     def _next(self, p: Pending, qid: int, now: float) -> list:
         if now >= p.deadline:
             return self._finish_failed(qid, "timeout")
-        p.index += 1
+        for _ in range(len(p.servers)):  # the next server that has not refused this query
+            p.index += 1
+            if p.servers[p.index % len(p.servers)] not in p.refused:
+                break
         return [self._send(p, qid, now)]
 
     def _finish_failed(self, qid: int, reason: str) -> list:
@@ -211,6 +219,23 @@ class Forwarder:
         p.tcp = None
         self._count("tcp_failed")
         self.down[server] = now + self.hold_down
+        return self._next(p, qid, now)
+
+    def on_refused(self, token, server: tuple, now: float) -> list:
+        """ICMP port unreachable on the query's socket to ``server``: fail over now."""
+        qid = next((q for q, p in self.pending.items() if p.token == token), None)
+        if qid is None:
+            return []
+        p = self.pending[qid]
+        if p.tcp is not None or server in p.refused or server not in p.sent:
+            return []
+        self._count("port_unreachable")
+        p.refused.add(server)
+        self.down[server] = now + self.hold_down
+        if p.refused >= set(p.servers):
+            return self._finish_failed(qid, "refused")
+        if p.servers[p.index % len(p.servers)] != server:
+            return []  # already moved on from it (a late error): the current try stands
         return self._next(p, qid, now)
 
     def on_timer(self, now: float) -> list:

@@ -140,3 +140,20 @@ def test_dead_upstream_servfail_quickly(make_stack, make_guest):
     out = dig(guest, "www.example.test")
     assert status(out) == "SERVFAIL"
     assert time.monotonic() - start < 5
+    # nothing listens there: the kernel's port unreachable ends the query, not the timeout
+    c = stack.stats("dns")
+    assert c.get("dns.upstream.port_unreachable", 0) >= 1 and c.get("dns.upstream.fail_refused", 0) >= 1, c
+    assert c.get("dns.upstream.fail_timeout", 0) == 0, c
+
+
+def test_closed_upstream_port_fails_over_to_the_next_at_once(make_stack, make_guest, upstreams):
+    up1, _ = upstreams
+    guest = make_guest()
+    stack = make_stack({"dns": {"mode": "upstream", "upstreams": ["127.0.0.79:9", up1.hostport]}})
+    stack.up(netns=[guest.name])
+    guest.wait_link()
+    guest.dhcp()
+    assert short(guest, "www.example.test", "TXT") == ['"served-by=up1"']
+    c = stack.stats("dns")
+    assert c.get("dns.upstream.port_unreachable", 0) == 1, c
+    assert c.get("dns.upstream.try_timeout", 0) == 0, c  # moved on at the ICMP error, not the timer

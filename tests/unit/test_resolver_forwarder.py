@@ -180,3 +180,46 @@ def test_silent_server_is_tried_last():
     [s] = f.start(2, DNSRecord.question("www.example.test").pack(), 1.0)
     assert s.server == S2
     assert f.servers_for("www.example.test", 31.0) == [S1, S2]  # hold-down over
+
+
+def test_port_unreachable_fails_over_at_once_then_fails_when_all_refused():
+    f = fwd(upstreams=["127.0.0.77:53", "127.0.0.78"], rules=[])
+    q = DNSRecord.question("www.example.test").pack()
+    [send] = f.start("tok", q, 0.0)
+    assert send.server == S1
+    # ICMP port unreachable from S1, long before try_timeout: straight on to S2
+    [send2] = f.on_refused("tok", S1, 0.01)
+    assert isinstance(send2, Send) and send2.server == S2
+    assert f.on_refused("tok", S1, 0.02) == []  # a repeat of the same error changes nothing
+    assert f.on_refused("other", S2, 0.02) == []  # another query's socket
+    # S2 refuses too: every server refused, so the client hears SERVFAIL now, not at timeout
+    [fail] = f.on_refused("tok", S2, 0.03)
+    assert isinstance(fail, Fail) and fail.token == "tok"
+    assert f.pending == {} and f.counters["port_unreachable"] == 2 and f.counters["fail_refused"] == 1
+    # both are down now: tried last by the next query
+    assert f.down[S1] > 0.03 and f.down[S2] > 0.03
+
+
+def test_port_unreachable_skips_refused_servers_on_timeout():
+    f = fwd(upstreams=["127.0.0.77:53", "127.0.0.78", "127.0.0.79:5353"], rules=[], try_timeout=0.5, timeout=5)
+    q = DNSRecord.question("www.example.test").pack()
+    [s1] = f.start("tok", q, 0.0)
+    [s2] = f.on_refused("tok", s1.server, 0.01)
+    # s2 stays silent: the timer moves to the third server, then skips the refused first one
+    [s3] = f.on_timer(0.6)
+    assert s3.server not in (s1.server, s2.server)
+    [s4] = f.on_timer(1.2)
+    assert s4.server == s2.server
+    ans = answer_to(s4.wire)
+    [done] = f.on_answer(ans, s2.server, 1.3)
+    assert isinstance(done, Done)
+
+
+def test_late_refusal_of_an_abandoned_try_does_not_skip_the_current_one():
+    f = fwd(upstreams=["127.0.0.77:53", "127.0.0.78"], rules=[], try_timeout=0.5, timeout=5)
+    q = DNSRecord.question("www.example.test").pack()
+    [s1] = f.start("tok", q, 0.0)
+    [s2] = f.on_timer(0.6)
+    assert f.on_refused("tok", s1.server, 0.7) == []  # S1's error arrives after we moved on
+    [done] = f.on_answer(answer_to(s2.wire), s2.server, 0.8)
+    assert isinstance(done, Done)
