@@ -73,10 +73,11 @@ def resolv_conf_servers(text: str) -> list[str]:
 class Waiter:
     """A client waiting for a forwarded answer. ``chain``: local CNAMEs to put in front."""
 
-    __slots__ = ("reply", "limit", "request", "chain")
+    __slots__ = ("reply", "limit", "request", "chain", "flags")
 
     def __init__(self, reply, limit: int, request: DNSRecord, chain=None):
         self.reply, self.limit, self.request, self.chain = reply, limit, request, chain
+        self.flags = 0  # DNSSEC flags (DO, CD) of the question being resolved: part of the cache key
 
 
 class DnsServer:
@@ -287,7 +288,10 @@ class DnsServer:
 
     def _resolve(self, w: Waiter, name: str, qtype: int, payload: bytes | None) -> None:
         """Cache, then forward (name, qtype); ``payload`` is the client's own query, if it asked this."""
-        cached = self.cache.get((norm(name), qtype, 1), self.loop.now())
+        by_host = self.mode == "host" and qtype in (QTYPE.A, QTYPE.AAAA) and not self._ruled(name)
+        # the client's DO/CD shape an upstream's answer (RRSIGs, validation); getaddrinfo has neither
+        w.flags = message.dnssec_flags(w.request) if payload is not None and not by_host else 0
+        cached = self.cache.get((norm(name), qtype, 1), self.loop.now(), w.flags)
         if cached is not None:
             self._count("cache_hits")
             self._complete(w, cached, None, from_cache=True)
@@ -299,7 +303,7 @@ class DnsServer:
         token = self._tokens
         self.waiting[token] = w
         self._count("forwarded")
-        if self.mode == "host" and qtype in (QTYPE.A, QTYPE.AAAA) and not self._ruled(name):
+        if by_host:
             self._host_start(token, norm(name), qtype)
             return
         self._refresh_upstreams()
@@ -371,7 +375,7 @@ class DnsServer:
             return None
         self._qsocks.setdefault(token, []).append(s)
         self._nqsocks += 1
-        self.loop.add_reader(s, lambda: self._on_upstream(s))
+        self.loop.add_reader(s, lambda: self._on_upstream(s, token, server))
         return s
 
     def _release(self, token) -> None:
@@ -390,15 +394,23 @@ class DnsServer:
             self.loop.add_reader(s, lambda: self._on_upstream(s))
         return s
 
-    def _on_upstream(self, sock) -> None:
+    def _on_upstream(self, sock, token=None, server=None) -> None:
+        """Answers on an upstream socket. On a query's own connected socket (token, server),
+        ECONNREFUSED is that server's ICMP port unreachable: the forwarder fails over at once.
+        On the shared unconnected fallback socket the error names no server: the try timer
+        fails over."""
         actions: list = []
         for _ in range(64):
             try:
                 data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
+            except ConnectionRefusedError:
+                if token is not None:
+                    actions += self.fwd.on_refused(token, server, self.loop.now())
+                continue
             except OSError:
-                continue  # ICMP port unreachable from a dead upstream: the try timer fails over
+                continue
             actions += self.fwd.on_answer(data, (addr[0], addr[1]), self.loop.now())
         self._run(actions)
 
@@ -445,7 +457,7 @@ class DnsServer:
             self._release(act.token)
             w = self.waiting.pop(act.token, None)
             if w is not None:
-                self.cache.put(act.record, self.loop.now())
+                self.cache.put(act.record, self.loop.now(), w.flags)
                 self._complete(w, act.record, act.wire)
         elif isinstance(act, Fail):
             self._release(act.token)

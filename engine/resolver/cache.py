@@ -1,4 +1,8 @@
-"""Answer cache keyed by (name, type, class), sans-I/O (``now`` passed in).
+"""Answer cache keyed by (name, type, class, DNSSEC flags), sans-I/O (``now`` passed in).
+
+- The DNSSEC flags of the query (``message.dnssec_flags``: DO, CD) are part of the key: an
+  answer fetched without DO (no RRSIGs) never answers a validating client that set DO, and
+  an unchecked (CD) answer never answers a client relying on its upstream's validation.
 
 - Positive answers live for the smallest TTL in the answer section (capped at ``max_ttl``).
 - Negative answers (NXDOMAIN, or NOERROR with an empty answer = NODATA) live for
@@ -41,14 +45,14 @@ class Cache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def put(self, rec: DNSRecord, now: float) -> bool:
-        """Store ``rec`` (an answer) if it may be cached; True if stored."""
+    def put(self, rec: DNSRecord, now: float, flags: int = 0) -> bool:
+        """Store ``rec`` (an answer to a query with DNSSEC ``flags``) if it may be cached."""
         ttl = cache_ttl(rec, max_ttl=self.max_ttl, max_neg=self.max_neg)
         if ttl <= 0 or self.size == 0:
             return False
         stored = DNSRecord(rec.header, questions=list(rec.questions), rr=list(rec.rr), auth=list(rec.auth),
                            ar=[rr for rr in rec.ar if rr.rtype != QTYPE.OPT])
-        k = question_key(rec)
+        k = (*question_key(rec), flags)
         self.entries[k] = (now, now + ttl, stored.pack())
         self.entries.move_to_end(k)
         self.stats["stored"] += 1
@@ -57,8 +61,10 @@ class Cache:
             self.stats["evicted"] += 1
         return True
 
-    def get(self, key: tuple, now: float) -> DNSRecord | None:
-        """The cached answer for ``key`` = (name, qtype, qclass) with TTLs counted down, or None."""
+    def get(self, key: tuple, now: float, flags: int = 0) -> DNSRecord | None:
+        """The cached answer for ``key`` = (name, qtype, qclass) asked with DNSSEC ``flags``, TTLs
+        counted down; or None."""
+        key = (*key, flags)
         entry = self.entries.get(key)
         if entry is None:
             self.stats["misses"] += 1

@@ -60,6 +60,14 @@ def client_opt(request: DNSRecord):
     return None
 
 
+def dnssec_flags(request: DNSRecord) -> int:
+    """What in a query changes a DNSSEC-aware answer: 1 = DO (RFC 3225, the OPT TTL's top flag
+    bit: send RRSIGs), 2 = CD (RFC 4035: checking disabled). 0 for an ordinary query."""
+    opt = client_opt(request)
+    do = 1 if opt is not None and opt.ttl & 0x8000 else 0
+    return do | (2 if request.header.cd else 0)
+
+
 def udp_limit(request: DNSRecord, cap: int = MAX_MSG) -> int:
     """The largest UDP answer the client accepts: 512, or its EDNS0 payload size (capped)."""
     opt = client_opt(request)
@@ -72,8 +80,9 @@ def reply_to(request: DNSRecord, rcode: int = RCODE.NOERROR, *, aa: bool = False
     """An empty reply to ``request`` with RA set, our OPT if the client sent one."""
     r = request.reply(ra=1, aa=int(aa))
     r.header.rcode = rcode
-    if client_opt(request) is not None:
-        r.add_ar(EDNS0(udp_len=OUR_UDP_SIZE))
+    opt = client_opt(request)
+    if opt is not None:  # DO is copied back (RFC 3225 sec. 3)
+        r.add_ar(EDNS0(udp_len=OUR_UDP_SIZE, flags="do" if opt.ttl & 0x8000 else ""))
     return r
 
 

@@ -97,10 +97,11 @@ class Running:
         while not self.stop_flag.is_set():
             self.loop.run_once(max_wait=0.02)
 
-    def ask(self, name, qtype="A", tcp=False, edns=None, timeout=3.0) -> DNSRecord:
+    def ask(self, name, qtype="A", tcp=False, edns=None, timeout=3.0, do=False, cd=False) -> DNSRecord:
         q = DNSRecord.question(name, qtype)
-        if edns:
-            q.add_ar(EDNS0(udp_len=edns))
+        if edns or do:
+            q.add_ar(EDNS0(udp_len=edns or 1232, flags="do" if do else ""))
+        q.header.cd = int(cd)
         data = q.send("127.0.0.1", self.tcp_port if tcp else self.port, tcp=tcp, timeout=timeout)
         r = DNSRecord.parse(data)
         assert r.header.id == q.header.id
@@ -246,6 +247,44 @@ def test_dead_upstream_servfail_within_bound(tmp_path):
     finally:
         r.stop()
         dead.close()
+
+
+def test_closed_upstream_port_servfail_at_once_or_next_server(tmp_path, ups):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.79", 0))
+    closed = f"127.0.0.79:{probe.getsockname()[1]}"
+    probe.close()  # nothing listens there now: the kernel answers ICMP port unreachable
+    r = Running({"upstreams": [closed], "timeout": 5, "try_timeout": 2}, tmp_path)
+    try:
+        assert r.ask("www.example.test").header.rcode == RCODE.SERVFAIL
+        c = r.srv.counters
+        assert c["upstream.port_unreachable"] == 1 and c["upstream.fail_refused"] == 1, c
+        assert "upstream.try_timeout" not in c and "upstream.fail_timeout" not in c, c
+    finally:
+        r.stop()
+    r = Running({"upstreams": [closed, ups[1].hostport], "timeout": 5, "try_timeout": 2}, tmp_path)
+    try:
+        assert texts(r.ask("www.example.test", "TXT")) == ['"served-by=u2"']
+        c = r.srv.counters
+        assert c["upstream.port_unreachable"] == 1 and "upstream.try_timeout" not in c, c
+    finally:
+        r.stop()
+
+
+def test_dnssec_flags_keep_cache_entries_apart(run, ups):
+    """An answer fetched without DO (no RRSIGs) never answers a query with DO, nor one with CD."""
+    n0 = ups[0].resolver.count("sec.example.test")
+    assert run.ask("sec.example.test").header.rcode == RCODE.NXDOMAIN  # negative answers are cached too
+    plain_opt = run.ask("sec.example.test", edns=1232).ar[-1]
+    assert plain_opt.rtype == QTYPE.OPT and not plain_opt.ttl & 0x8000
+    assert ups[0].resolver.count("sec.example.test") == n0 + 1  # the second came from the cache
+    run.ask("sec.example.test", do=True)
+    assert ups[0].resolver.count("sec.example.test") == n0 + 2  # asked upstream again, with DO
+    r = run.ask("sec.example.test", do=True)
+    assert r.ar[-1].rtype == QTYPE.OPT and r.ar[-1].ttl & 0x8000  # DO copied back (RFC 3225)
+    assert ups[0].resolver.count("sec.example.test") == n0 + 2  # now from the DO entry
+    run.ask("sec.example.test", cd=True)
+    assert ups[0].resolver.count("sec.example.test") == n0 + 3
 
 
 def test_failover_to_second_upstream(tmp_path, ups):
