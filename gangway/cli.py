@@ -42,7 +42,9 @@ def cmd_up(args) -> int:
 def print_qemu_hint(run_dir: Path, cfg: dict) -> None:
     sock = (Path(run_dir) / cfg["bridge"]["qemu_socket"]).resolve()
     print("gangway: connect a VM with:\n  qemu-system-x86_64 ... -device virtio-net-pci,netdev=n0 "
-          f"-netdev stream,id=n0,server=off,addr.type=unix,addr.path={sock}", flush=True)
+          f"-netdev stream,id=n0,server=off,addr.type=unix,addr.path={sock}\n"
+          "  (QEMU >= 8.0: add ,reconnect=1 to that -netdev so the VM reconnects when the bridge restarts)",
+          flush=True)
 
 
 def cmd_down(args) -> int:
