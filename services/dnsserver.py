@@ -13,6 +13,9 @@ static and runtime records, PTR), then the cache, then forwarding:
   CNAME when the canonical name differs); other types are forwarded as in upstream mode if
   upstream servers are known (configured or from resolv.conf), else answered NOTIMP. Names
   under a ``rule`` domain are forwarded to the rule's servers whatever the type.
+A question already being resolved (same name, type, DNSSEC flags) is not sent again: the
+new client waits for the same answer (up to ``MAX_FOLLOWERS`` per question), so a burst of
+identical queries, or a guest's retries, costs the upstream one query.
 Worker threads never touch server state: they put a closure on a queue and write a byte to a
 pipe the loop watches; the closure runs on the loop thread.
 
@@ -51,6 +54,7 @@ MAX_TCP_CLIENTS = 256
 MAX_TCP_OUT = 1 << 20
 MAX_HOST_PENDING = 256
 MAX_QUERY_SOCKETS = 256  # per-query upstream sockets open at once; beyond it the shared one
+MAX_FOLLOWERS = 256  # clients waiting on one in-flight question besides the one that asked first
 REFUSED_TYPES = {QTYPE.AXFR, QTYPE.IXFR, 253, 254}  # zone transfers, MAILB, MAILA
 BASE_COUNTERS = ("queries", "local", "forwarded", "cache_hits", "nxdomain", "servfail", "formerr", "notimp",
                  "refused", "truncated", "drops")
@@ -121,7 +125,10 @@ class DnsServer:
         self._up: dict[int, socket.socket] = {}  # family -> shared upstream UDP socket
         self._qsocks: dict[object, list] = {}  # token -> its own connected upstream UDP sockets
         self._nqsocks = 0
-        self.waiting: dict[int, Waiter] = {}
+        self.waiting: dict[int, Waiter] = {}  # token -> the client whose question went out
+        self.followers: dict[int, list[Waiter]] = {}  # token -> later clients asking the same
+        self.inflight: dict[tuple, int] = {}  # (name, qtype, flags, by_host) -> token
+        self._key_of: dict[int, tuple] = {}  # token -> its inflight key
         self.host_pending: dict[int, object] = {}  # token -> timeout Timer
         self._tokens = 0
         self._timer = None
@@ -137,7 +144,7 @@ class DnsServer:
         out.update({f"upstream.{k}": v for k, v in self.fwd.counters.items()})
         out.update({f"cache.{k}": v for k, v in self.cache.stats.items()})
         out["cache.entries"] = len(self.cache)
-        out["pending"] = len(self.waiting)
+        out["pending"] = len(self.waiting) + sum(len(f) for f in self.followers.values())
         out["upstream_sockets"] = self._nqsocks
         return out
 
@@ -296,22 +303,47 @@ class DnsServer:
             self._count("cache_hits")
             self._complete(w, cached, None, from_cache=True)
             return
+        key = (norm(name), qtype, w.flags, by_host)
+        lead = self.inflight.get(key)
+        if lead is not None and len(self.followers.get(lead, ())) < MAX_FOLLOWERS:
+            self.followers.setdefault(lead, []).append(w)
+            self._count("coalesced")
+            return
         if payload is None:  # chasing a local CNAME: a query of our own
             sub = DNSRecord(DNSHeader(id=random.randrange(65536), rd=1), q=DNSQuestion(name, qtype))
             payload = sub.pack()
         self._tokens += 1
         token = self._tokens
         self.waiting[token] = w
+        if lead is None:
+            self.inflight[key] = token
+            self._key_of[token] = key
         self._count("forwarded")
         if by_host:
             self._host_start(token, norm(name), qtype)
             return
         self._refresh_upstreams()
         if self.mode == "host" and not self.fwd.servers_for(name):
-            self.waiting.pop(token, None)
+            self._take(token)
             self._error(w, RCODE.NOTIMP)  # host mode knows no server for raw forwarding
             return
         self._run(self.fwd.start(token, payload, self.loop.now()))
+
+    def _take(self, token) -> tuple[Waiter | None, list]:
+        """The client that asked ``token``'s question and those who joined it; forgets them."""
+        key = self._key_of.pop(token, None)
+        if key is not None and self.inflight.get(key) == token:
+            del self.inflight[key]
+        return self.waiting.pop(token, None), self.followers.pop(token, [])
+
+    def _answer_followers(self, followers: list, wire: bytes) -> None:
+        for f in followers:  # each from its own copy, shaped for its own request (id, OPT, limit)
+            self._complete(f, DNSRecord.parse(wire), None, from_cache=True)
+
+    def _fail_all(self, w: Waiter | None, followers: list, reason: str) -> None:
+        for x in ([w] if w is not None else []) + followers:
+            self._count("fail." + reason)
+            self._error(x, RCODE.SERVFAIL)
 
     def _complete(self, w: Waiter, rec: DNSRecord, wire: bytes | None, *, from_cache: bool = False) -> None:
         """Answer ``w`` with ``rec`` (the answer to the question resolved for it)."""
@@ -455,16 +487,15 @@ class DnsServer:
             self.pool.submit(self._tcp_worker, act.server, act.wire, act.qid, remaining)
         elif isinstance(act, Done):
             self._release(act.token)
-            w = self.waiting.pop(act.token, None)
+            w, followers = self._take(act.token)
             if w is not None:
                 self.cache.put(act.record, self.loop.now(), w.flags)
+                self._answer_followers(followers, act.wire)
                 self._complete(w, act.record, act.wire)
         elif isinstance(act, Fail):
             self._release(act.token)
-            w = self.waiting.pop(act.token, None)
-            if w is not None:
-                self._count("fail." + act.reason)
-                self._error(w, RCODE.SERVFAIL)
+            w, followers = self._take(act.token)
+            self._fail_all(w, followers, act.reason)
 
     def _arm(self) -> None:
         deadline = self.fwd.next_deadline()
@@ -484,8 +515,8 @@ class DnsServer:
     # -- host mode: getaddrinfo in worker threads -------------------------------------------------
     def _host_start(self, token: int, name: str, qtype: int) -> None:
         if len(self.host_pending) >= MAX_HOST_PENDING:
-            self._count("fail.busy")
-            self._error(self.waiting.pop(token), RCODE.SERVFAIL)
+            w, followers = self._take(token)
+            self._fail_all(w, followers, "busy")
             return
         self._count("host_lookups")
         self.host_pending[token] = self.loop.call_later(self.timeout, lambda: self._host_timeout(token))
@@ -504,10 +535,8 @@ class DnsServer:
     def _host_timeout(self, token: int) -> None:
         if self.host_pending.pop(token, None) is None:
             return
-        w = self.waiting.pop(token, None)
-        if w is not None:
-            self._count("fail.host_timeout")
-            self._error(w, RCODE.SERVFAIL)
+        w, followers = self._take(token)
+        self._fail_all(w, followers, "host_timeout")
 
     def _host_done(self, token: int, name: str, qtype: int, outcome) -> None:
         timer = self.host_pending.pop(token, None)
@@ -515,7 +544,7 @@ class DnsServer:
             self._count("host_late")
             return
         timer.cancel()
-        w = self.waiting.pop(token, None)
+        w, followers = self._take(token)
         if w is None:
             return
         rec = DNSRecord(DNSHeader(id=w.request.header.id, qr=1, rd=1, ra=1), q=DNSQuestion(name, qtype))
@@ -541,6 +570,8 @@ class DnsServer:
             self._warn_once("host_resolver_error", name=name, error=str(value))
             rec.header.rcode = RCODE.SERVFAIL
         self.cache.put(rec, self.loop.now())
+        if followers:
+            self._answer_followers(followers, rec.pack())
         if w.chain is None and message.client_opt(w.request) is not None:
             rec.add_ar(EDNS0(udp_len=message.OUR_UDP_SIZE))
         self._complete(w, rec, None)
@@ -729,6 +760,9 @@ class DnsServer:
             t.cancel()
         self.host_pending.clear()
         self.waiting.clear()
+        self.followers.clear()
+        self.inflight.clear()
+        self._key_of.clear()
         self.loop.remove_reader(self._wake_r)
         self.pool.shutdown(wait=False, cancel_futures=True)
         with self._wake_lock:

@@ -287,6 +287,35 @@ def test_dnssec_flags_keep_cache_entries_apart(run, ups):
     assert ups[0].resolver.count("sec.example.test") == n0 + 3
 
 
+def test_identical_questions_in_flight_go_upstream_once(run, ups):
+    """Five clients ask the same slow name at once (and one over TCP): one upstream query,
+    each client gets the answer under its own id; a different type is not merged."""
+    n0 = ups[0].resolver.count("slow.example.test")
+    socks, ids = [], []
+    for i in range(5):
+        q = DNSRecord.question("slow.example.test", "TXT")
+        if i == 2:
+            q.add_ar(EDNS0(udp_len=1232))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(3)
+        s.sendto(q.pack(), ("127.0.0.1", run.port))
+        socks.append(s)
+        ids.append(q.header.id)
+    tcp = run.ask("slow.example.test", "TXT", tcp=True)
+    other = run.ask("slow.example.test", "MX")
+    answers = [DNSRecord.parse(s.recv(4096)) for s in socks]
+    for s in socks:
+        s.close()
+    assert [a.header.id for a in answers] == ids
+    for a in answers + [tcp, other]:  # the test upstream: NXDOMAIN with an SOA
+        assert a.header.rcode == RCODE.NXDOMAIN and a.auth[0].rtype == QTYPE.SOA
+    assert answers[2].ar and answers[2].ar[-1].rtype == QTYPE.OPT  # shaped for its own request
+    assert not answers[0].ar
+    assert ups[0].resolver.count("slow.example.test") == n0 + 2  # TXT once, MX once
+    assert run.srv.counters["coalesced"] == 5
+    assert run.srv.counters["pending"] == 0 and run.srv.inflight == {}
+
+
 def test_failover_to_second_upstream(tmp_path, ups):
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dead.bind(("127.0.0.79", 0))
@@ -445,6 +474,9 @@ def fake_resolver(calls):
         if name == "slow.test":
             time.sleep(1.0)
             return []
+        if name == "lazy.test":
+            time.sleep(0.3)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.5.5.7", 0))]
         if name == "broken.test":
             raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
         raise socket.gaierror(socket.EAI_NONAME, "not known")
@@ -470,6 +502,31 @@ def test_host_mode(tmp_path):
         assert time.monotonic() - t0 < 0.9
         r.ask("known.test")
         assert calls.count("known.test") == 2  # A then AAAA; the second A came from the cache
+    finally:
+        r.stop()
+
+
+def test_host_mode_merges_identical_lookups_and_fails_them_together(tmp_path):
+    calls = []
+    r = Running({"mode": "host", "resolv_conf": str(tmp_path / "absent"), "timeout": 0.6}, tmp_path,
+                resolve=fake_resolver(calls))
+    try:
+        for name, want in (("lazy.test", ["10.5.5.7"] * 3), ("slow.test", [])):
+            socks = []
+            for _ in range(3):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(3)
+                s.sendto(DNSRecord.question(name).pack(), ("127.0.0.1", r.port))
+                socks.append(s)
+            got = [DNSRecord.parse(s.recv(4096)) for s in socks]
+            for s in socks:
+                s.close()
+            if want:
+                assert [texts(a)[0] for a in got] == want
+            else:  # the timeout fails every client that joined
+                assert [a.header.rcode for a in got] == [RCODE.SERVFAIL] * 3
+            assert calls.count(name) == 1
+        assert r.srv.counters["coalesced"] == 4 and r.srv.counters["fail.host_timeout"] == 3
     finally:
         r.stop()
 
