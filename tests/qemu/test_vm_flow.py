@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from tests.e2e.flow_helpers import Corp, Proc, free_port, http_server, iperf3_server, udp_echo, wait_for
-from tests.qemu.image import DHCP_CMD, boot, build_image, qemu_available, start
+from tests.qemu.image import DHCP_CMD, boot, qemu_available, start
 
 pytestmark = [
     pytest.mark.vm,
@@ -28,14 +28,6 @@ HOST_ALIAS = "192.168.65.254"
 LEASE = f"""{DHCP_CMD} > /tmp/udhcpc.out 2>&1
 echo "GANGWAY-MARK dhcp_rc=$?"
 """
-
-
-@pytest.fixture(scope="module")
-def image():
-    try:
-        return build_image()
-    except Exception as e:  # no mirror reachable, apt-get missing, ...
-        pytest.skip(f"cannot build the VM image: {e}")
 
 
 def _need(image, name: str) -> None:
