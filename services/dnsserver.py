@@ -569,7 +569,8 @@ class DnsServer:
         else:
             self._warn_once("host_resolver_error", name=name, error=str(value))
             rec.header.rcode = RCODE.SERVFAIL
-        self.cache.put(rec, self.loop.now())
+        # NXDOMAIN/NODATA from getaddrinfo carry no SOA: kept host_ttl, like the positive answers
+        self.cache.put(rec, self.loop.now(), negative_ttl=self.host_ttl)
         if followers:
             self._answer_followers(followers, rec.pack())
         if w.chain is None and message.client_opt(w.request) is not None:

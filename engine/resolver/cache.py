@@ -7,7 +7,8 @@
 - Positive answers live for the smallest TTL in the answer section (capped at ``max_ttl``).
 - Negative answers (NXDOMAIN, or NOERROR with an empty answer = NODATA) live for
   min(SOA TTL, SOA MINIMUM) of the SOA in authority (RFC 2308 sec. 5), capped at ``max_neg``;
-  without an SOA they are not cached.
+  without an SOA they are not cached, unless the caller gives a ``negative_ttl`` (answers it
+  made itself, from getaddrinfo, which has no SOA to carry one).
 - Never cached: TC answers, other rcodes (SERVFAIL, REFUSED...), TTL 0.
 - A hit returns a copy whose TTLs are counted down by the time spent in the cache; the
   client's OPT is not stored (it is hop by hop).
@@ -22,7 +23,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from engine.resolver.message import question_key
 
 
-def cache_ttl(rec: DNSRecord, *, max_ttl: int = 86400, max_neg: int = 3600) -> int:
+def cache_ttl(rec: DNSRecord, *, max_ttl: int = 86400, max_neg: int = 3600, negative_ttl: int = 0) -> int:
     """Seconds ``rec`` may be cached; 0 when it must not be."""
     h = rec.header
     if h.tc or h.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN) or len(rec.questions) != 1:
@@ -32,7 +33,7 @@ def cache_ttl(rec: DNSRecord, *, max_ttl: int = 86400, max_neg: int = 3600) -> i
     for rr in rec.auth:
         if rr.rtype == QTYPE.SOA:
             return max(0, min(rr.ttl, rr.rdata.times[-1], max_neg))
-    return 0
+    return max(0, min(negative_ttl, max_neg))
 
 
 class Cache:
@@ -45,9 +46,10 @@ class Cache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def put(self, rec: DNSRecord, now: float, flags: int = 0) -> bool:
-        """Store ``rec`` (an answer to a query with DNSSEC ``flags``) if it may be cached."""
-        ttl = cache_ttl(rec, max_ttl=self.max_ttl, max_neg=self.max_neg)
+    def put(self, rec: DNSRecord, now: float, flags: int = 0, *, negative_ttl: int = 0) -> bool:
+        """Store ``rec`` (an answer to a query with DNSSEC ``flags``) if it may be cached;
+        ``negative_ttl``: how long a negative answer without an SOA may be kept (default never)."""
+        ttl = cache_ttl(rec, max_ttl=self.max_ttl, max_neg=self.max_neg, negative_ttl=negative_ttl)
         if ttl <= 0 or self.size == 0:
             return False
         stored = DNSRecord(rec.header, questions=list(rec.questions), rr=list(rec.rr), auth=list(rec.auth),

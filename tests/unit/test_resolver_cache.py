@@ -52,6 +52,13 @@ def test_not_cached():
     assert cache_ttl(answer(ttl=10**6)) == 86400
 
 
+def test_negative_ttl_for_soa_less_answers_of_our_own():
+    assert cache_ttl(answer(rcode=RCODE.NXDOMAIN), negative_ttl=30) == 30
+    assert cache_ttl(answer(rcode=RCODE.NXDOMAIN), negative_ttl=10**6) == 3600  # max_neg
+    assert cache_ttl(answer(rcode=RCODE.SERVFAIL), negative_ttl=30) == 0  # never a failure
+    assert cache_ttl(answer(ttl=120), negative_ttl=30) == 120  # positive answers keep their TTL
+
+
 def test_lru_bound():
     c = Cache(3)
     for i in range(3):

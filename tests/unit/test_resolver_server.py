@@ -494,7 +494,11 @@ def test_host_mode(tmp_path):
         nodata = r.ask("v4only.test", "AAAA")
         assert nodata.header.rcode == RCODE.NOERROR and not nodata.rr
         assert r.ask("unknown.test").header.rcode == RCODE.NXDOMAIN
+        assert r.ask("unknown.test").header.rcode == RCODE.NXDOMAIN
+        assert calls.count("unknown.test") == 1  # the negative answer was cached (host_ttl)
         assert r.ask("broken.test").header.rcode == RCODE.SERVFAIL
+        assert r.ask("broken.test").header.rcode == RCODE.SERVFAIL
+        assert calls.count("broken.test") == 2  # a failure never is
         assert r.ask("known.test", "TXT").header.rcode == RCODE.NOTIMP  # no upstream servers known
         assert texts(r.ask("host.gangway.internal")) == ["192.168.65.254"]  # local names still local
         t0 = time.monotonic()
