@@ -70,3 +70,47 @@ def test_udp_echo_ping_and_port_unreachable(lan):
     assert any(f["proto"] == "udp" for f in flows)
     stats = stack.stats("flow")
     assert stats["frames_in"] > 0 and stats["frames_out"] > 0
+
+
+def test_host_route_unreachable_and_prohibited_reach_the_guest_at_once(lan):
+    """Where the host has no way (an `unreachable` route) or is forbidden (`prohibit`), the
+    guest's connect fails at once with the matching error (ICMP host unreachable / admin
+    prohibited from flow), and ping reports the destination unreachable: never a silent hang.
+    The routes cover test-only ranges and send nothing anywhere."""
+    import random
+    import subprocess
+    import time
+
+    stack, guest = lan
+    setup_guest(stack, guest)
+    x = random.randrange(1, 250)
+    unreach, prohibit = f"10.252.{x}.0/24", f"10.253.{x}.0/24"
+    added = []
+    try:
+        for kind, net in (("unreachable", unreach), ("prohibit", prohibit)):
+            subprocess.run(["ip", "route", "add", kind, net], check=True)
+            added.append(net)
+        code = (
+            "import socket,sys,time\n"
+            "for ip in sys.argv[1:]:\n"
+            "    t=time.monotonic()\n"
+            "    try:\n"
+            "        socket.create_connection((ip, 80), timeout=10); print('connected')\n"
+            "    except OSError as e:\n"
+            "        print(type(e).__name__, e.errno, round(time.monotonic()-t, 3))\n")
+        r = guest_python(guest, code, f"10.252.{x}.1", f"10.253.{x}.1", timeout=40)
+        lines = [ln.split() for ln in r.stdout.splitlines()]
+        assert len(lines) == 2, r.stdout + r.stderr
+        (e1, n1, t1), (e2, n2, t2) = lines
+        assert (e1, int(n1)) == ("OSError", 113), lines  # EHOSTUNREACH: "No route to host"
+        assert (e2, int(n2)) == ("OSError", 113), lines  # ICMP admin prohibited: the kernel says the same
+        assert float(t1) < 3 and float(t2) < 3, lines  # not the 10 s timeout
+        t0 = time.monotonic()
+        p = guest.run("ping", "-c", "1", "-W", "5", f"10.252.{x}.1", timeout=20)
+        assert p.returncode != 0 and "unreachable" in p.stdout.lower(), p.stdout + p.stderr
+        assert time.monotonic() - t0 < 4
+        c = stack.stats("flow")  # what flow's host connect() met, one per route kind
+        assert c.get("connect_failed.ehostunreach", 0) >= 1 and c.get("connect_failed.eacces", 0) >= 1, c
+    finally:
+        for net in added:
+            subprocess.run(["ip", "route", "del", net], check=False)
