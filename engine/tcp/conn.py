@@ -57,6 +57,7 @@ from .reassembly import Reassembly
 from .rto import RttEstimator
 from .sack import RangeSet, SackReporter
 from .seq import HALF, MASK, seq_add, seq_ge, seq_lt, unwrap
+from .sendbuf import SendBuffer
 
 
 class TcpStateError(RuntimeError):
@@ -150,9 +151,8 @@ class TcpConnection:
         self.max_snd_wnd = 0
         self._snd_wl1 = 0
         self._snd_wl2 = 0
-        self._sbuf = bytearray()
-        self._soff = 0
-        self._sdata = self.iss + 1        # sequence number of _sbuf[_soff]
+        self._sbuf = SendBuffer()
+        self._sdata = self.iss + 1        # sequence number of the first byte held in _sbuf
         self.peer_mss = 536
         self._snd_wscale = 0
         self._rcv_wscale = _pick_wscale(rcv_buf) if cfg.window_scaling else 0
@@ -282,10 +282,10 @@ class TcpConnection:
 
     @property
     def _snd_end(self) -> int:
-        return self._sdata + len(self._sbuf) - self._soff
+        return self._sdata + len(self._sbuf)
 
     def send_space(self) -> int:
-        return max(self.snd_buf - (len(self._sbuf) - self._soff), 0)
+        return max(self.snd_buf - len(self._sbuf), 0)
 
     def readable(self) -> int:
         return len(self._rbuf) - self._roff
@@ -314,7 +314,7 @@ class TcpConnection:
             self._want_space = True
             n = space
         if n:
-            self._sbuf += memoryview(data)[:n] if n < len(data) else data
+            self._sbuf.append(memoryview(data)[:n] if n < len(data) else data)
         return n
 
     def recv(self, max_bytes: int | None = None) -> bytes:
@@ -653,15 +653,9 @@ class TcpConnection:
             self.snd_nxt = ack
         data_acked = min(ack, self._snd_end) - self._sdata
         if data_acked > 0:
-            self._soff += data_acked
+            self._sbuf.consume(data_acked)
             self._sdata += data_acked
             self.stats.bytes_acked += data_acked
-            if self._soff == len(self._sbuf):
-                self._sbuf.clear()
-                self._soff = 0
-            elif self._soff > 65536 and self._soff * 2 > len(self._sbuf):
-                del self._sbuf[:self._soff]
-                self._soff = 0
             if self._want_space:
                 self._want_space = False
                 self._events.append(SendSpace())
@@ -910,8 +904,7 @@ class TcpConnection:
             self._persist_deadline = now + ivl
 
     def _slice(self, seq: int, n: int):
-        off = self._soff + (seq - self._sdata)
-        return self._sbuf[off:off + n]
+        return self._sbuf.view(seq - self._sdata, n)
 
     def _ts_val(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & MASK
