@@ -33,7 +33,10 @@ def udp_echo_server():
                 data, addr = s.recvfrom(65535)
             except (socket.timeout, OSError):
                 continue
-            s.sendto(data.upper(), addr)
+            try:
+                s.sendto(data.upper(), addr)
+            except OSError:  # the test closed the socket meanwhile
+                return
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
