@@ -97,13 +97,28 @@ echo "GANGWAY-MARK md5=$(md5sum /tmp/blob | cut -d' ' -f1)"
 
 
 def test_vm_nslookup_local_names(make_stack, image):
-    """busybox nslookup in the VM: host and gateway names, an alias, the VM's own DHCP name."""
-    stack = make_stack().up()
+    """busybox nslookup in the VM: host and gateway names, an alias, the VM's own DHCP name,
+    PTR of the host alias and of the VM itself, static TXT/MX/SRV records from config and a
+    record added at run time with `gangway dns add`."""
+    stack = make_stack({"dns": {"records": [
+        {"name": "db.gangway.internal", "type": "A", "value": "192.168.65.9"},
+        {"name": "db.gangway.internal", "type": "TXT", "value": "role=primary"},
+        {"name": "gangway.internal", "type": "MX", "value": "10 db.gangway.internal"},
+        {"name": "_pg._tcp.gangway.internal", "type": "SRV", "value": "0 5 5432 db.gangway.internal"},
+    ]}}).up()
+    stack.gangway("dns", "add", "cache.gangway.internal", "A", "192.168.65.77")
     script = DHCP_SCRIPT.replace("-s /etc/udhcpc.script", "-x hostname:vmguest -s /etc/udhcpc.script") + """
-for n in host.gangway.internal gateway.gangway.internal host.docker.internal vmguest.gangway.internal vmguest; do
+for n in host.gangway.internal gateway.gangway.internal host.docker.internal vmguest.gangway.internal vmguest \
+         db.gangway.internal cache.gangway.internal; do
   a=$(nslookup $n 2>/dev/null | awk '/^Address/ && !/#53/ {print $NF}' | tail -n 1)
   echo "GANGWAY-MARK ns_$(echo $n | tr . _)=$a"
 done
+me=$(ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+echo "GANGWAY-MARK ptr_host=$(nslookup 192.168.65.254 2>/dev/null | awk '/name = / {print $NF}')"
+echo "GANGWAY-MARK ptr_me=$(nslookup $me 2>/dev/null | awk '/name = / {print $NF}')"
+echo "GANGWAY-MARK txt=$(nslookup -type=txt db.gangway.internal 2>/dev/null | awk -F'text = ' '/text = / {print $2}')"
+echo "GANGWAY-MARK mx=$(nslookup -type=mx gangway.internal 2>/dev/null | awk -F'mail exchanger = ' '/mail exchanger = / {print $2}')"
+echo "GANGWAY-MARK srv=$(nslookup -type=srv _pg._tcp.gangway.internal 2>/dev/null | awk -F'service = ' '/service = / {print $2}')"
 """
     res = boot(image, socket_path=str(stack.run_dir / "qemu.sock"), script=script, timeout=60,
                mac="52:54:00:6a:77:03")
@@ -115,6 +130,13 @@ done
     assert m["ns_host_docker_internal"] == HOST_ALIAS, res
     assert m["ns_vmguest_gangway_internal"] == me, res
     assert m["ns_vmguest"] == me, res  # the bare name through the search domain from DHCP
+    assert m["ns_db_gangway_internal"] == "192.168.65.9", res
+    assert m["ns_cache_gangway_internal"] == "192.168.65.77", res  # added at run time
+    assert m["ptr_host"].rstrip(".") == "host.gangway.internal", res
+    assert m["ptr_me"].rstrip(".") == "vmguest.gangway.internal", res
+    assert m["txt"].strip('"') == "role=primary", res
+    assert m["mx"].rstrip(".") == "10 db.gangway.internal", res
+    assert m["srv"].rstrip(".") == "0 5 5432 db.gangway.internal", res
 
 
 class _Blob(http.server.BaseHTTPRequestHandler):
