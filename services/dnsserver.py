@@ -393,8 +393,9 @@ class DnsServer:
         name = norm(name)
         return any(d == "" or name == d or name.endswith("." + d) for d, _ in self.fwd.rules)
 
-    def _query_sock(self, token, server) -> socket.socket | None:
-        """A new UDP socket connected to ``server`` for query ``token``, or None (cap, error)."""
+    def _query_sock(self, token, qid: int, server) -> socket.socket | None:
+        """A new UDP socket connected to ``server`` for query ``token`` (upstream id ``qid``), or
+        None (cap, error)."""
         if self._nqsocks >= MAX_QUERY_SOCKETS:
             self._count("upstream_shared_socket")
             return None
@@ -407,7 +408,7 @@ class DnsServer:
             return None
         self._qsocks.setdefault(token, []).append(s)
         self._nqsocks += 1
-        self.loop.add_reader(s, lambda: self._on_upstream(s, token, server))
+        self.loop.add_reader(s, lambda: self._on_upstream(s, qid, server))
         return s
 
     def _release(self, token) -> None:
@@ -426,8 +427,8 @@ class DnsServer:
             self.loop.add_reader(s, lambda: self._on_upstream(s))
         return s
 
-    def _on_upstream(self, sock, token=None, server=None) -> None:
-        """Answers on an upstream socket. On a query's own connected socket (token, server),
+    def _on_upstream(self, sock, qid=None, server=None) -> None:
+        """Answers on an upstream socket. On a query's own connected socket (qid, server),
         ECONNREFUSED is that server's ICMP port unreachable: the forwarder fails over at once.
         On the shared unconnected fallback socket the error names no server: the try timer
         fails over."""
@@ -438,8 +439,8 @@ class DnsServer:
             except (BlockingIOError, InterruptedError):
                 break
             except ConnectionRefusedError:
-                if token is not None:
-                    actions += self.fwd.on_refused(token, server, self.loop.now())
+                if qid is not None:
+                    actions += self.fwd.on_refused(qid, server, self.loop.now())
                 continue
             except OSError:
                 continue
@@ -472,8 +473,9 @@ class DnsServer:
 
     def _act(self, act) -> None:
         if isinstance(act, Send):
-            p = self.fwd.pending.get(int.from_bytes(act.wire[:2], "big"))
-            s = self._query_sock(p.token, act.server) if p is not None else None
+            qid = int.from_bytes(act.wire[:2], "big")
+            p = self.fwd.pending.get(qid)
+            s = self._query_sock(p.token, qid, act.server) if p is not None else None
             try:
                 if s is not None:
                     s.send(act.wire)

@@ -16,8 +16,8 @@ Theory of operation
   retried) and marks the silent one down for ``hold_down`` seconds (down servers are tried
   last); a query still unanswered at ``timeout`` after its start yields ``Fail(token, why)``
   (the caller answers SERVFAIL), so the client always hears back within the bound.
-- ``on_refused(token, server, now)``: the caller's socket connected to ``server`` for this
-  query got ICMP port unreachable (ECONNREFUSED). Nothing listens there, so the query moves
+- ``on_refused(qid, server, now)``: the caller's socket connected to ``server`` for query
+  ``qid`` got ICMP port unreachable (ECONNREFUSED). Nothing listens there, so the query moves
   on at once instead of at ``try_timeout``; once every server of the query has refused, it
   fails at once (``Fail(token, "refused")``) rather than at ``timeout``.
 
@@ -221,13 +221,10 @@ class Forwarder:
         self.down[server] = now + self.hold_down
         return self._next(p, qid, now)
 
-    def on_refused(self, token, server: tuple, now: float) -> list:
+    def on_refused(self, qid: int, server: tuple, now: float) -> list:
         """ICMP port unreachable on the query's socket to ``server``: fail over now."""
-        qid = next((q for q, p in self.pending.items() if p.token == token), None)
-        if qid is None:
-            return []
-        p = self.pending[qid]
-        if p.tcp is not None or server in p.refused or server not in p.sent:
+        p = self.pending.get(qid)
+        if p is None or p.tcp is not None or server in p.refused or server not in p.sent:
             return []
         self._count("port_unreachable")
         p.refused.add(server)

@@ -187,13 +187,14 @@ def test_port_unreachable_fails_over_at_once_then_fails_when_all_refused():
     q = DNSRecord.question("www.example.test").pack()
     [send] = f.start("tok", q, 0.0)
     assert send.server == S1
+    qid = int.from_bytes(send.wire[:2], "big")
     # ICMP port unreachable from S1, long before try_timeout: straight on to S2
-    [send2] = f.on_refused("tok", S1, 0.01)
+    [send2] = f.on_refused(qid, S1, 0.01)
     assert isinstance(send2, Send) and send2.server == S2
-    assert f.on_refused("tok", S1, 0.02) == []  # a repeat of the same error changes nothing
-    assert f.on_refused("other", S2, 0.02) == []  # another query's socket
+    assert f.on_refused(qid, S1, 0.02) == []  # a repeat of the same error changes nothing
+    assert f.on_refused(qid ^ 1, S2, 0.02) == []  # another query's socket
     # S2 refuses too: every server refused, so the client hears SERVFAIL now, not at timeout
-    [fail] = f.on_refused("tok", S2, 0.03)
+    [fail] = f.on_refused(qid, S2, 0.03)
     assert isinstance(fail, Fail) and fail.token == "tok"
     assert f.pending == {} and f.counters["port_unreachable"] == 2 and f.counters["fail_refused"] == 1
     # both are down now: tried last by the next query
@@ -204,7 +205,8 @@ def test_port_unreachable_skips_refused_servers_on_timeout():
     f = fwd(upstreams=["127.0.0.77:53", "127.0.0.78", "127.0.0.79:5353"], rules=[], try_timeout=0.5, timeout=5)
     q = DNSRecord.question("www.example.test").pack()
     [s1] = f.start("tok", q, 0.0)
-    [s2] = f.on_refused("tok", s1.server, 0.01)
+    qid = int.from_bytes(s1.wire[:2], "big")
+    [s2] = f.on_refused(qid, s1.server, 0.01)
     # s2 stays silent: the timer moves to the third server, then skips the refused first one
     [s3] = f.on_timer(0.6)
     assert s3.server not in (s1.server, s2.server)
@@ -220,6 +222,6 @@ def test_late_refusal_of_an_abandoned_try_does_not_skip_the_current_one():
     q = DNSRecord.question("www.example.test").pack()
     [s1] = f.start("tok", q, 0.0)
     [s2] = f.on_timer(0.6)
-    assert f.on_refused("tok", s1.server, 0.7) == []  # S1's error arrives after we moved on
+    assert f.on_refused(int.from_bytes(s1.wire[:2], "big"), s1.server, 0.7) == []  # S1's error arrives after we moved on
     [done] = f.on_answer(answer_to(s2.wire), s2.server, 0.8)
     assert isinstance(done, Done)
