@@ -14,13 +14,8 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 import services.dnsserver as dnsserver
 from bus.loop import Loop
 from services.dnsserver import DnsServer
+from tests.unit.dnsrig import NET, Log, Running
 
-NET = dict(gateway="192.168.65.1", host_alias="192.168.65.254", subnet="192.168.65.0/24")
-
-
-class Log:
-    def __getattr__(self, level):
-        return lambda event, **kw: None
 
 
 class Upstream:
@@ -66,40 +61,6 @@ class Upstream:
         self.thread.join(2)
         self.sock.close()
         self.spoofer.close()
-
-
-class Running:
-    """A DnsServer on a Loop stepped in a background thread, with a UDP listener."""
-
-    def __init__(self, config, state_dir, resolve=None):
-        self.loop = Loop()
-        self.srv = DnsServer(self.loop, config, **NET, state_dir=state_dir, log=Log(), resolve=resolve)
-        self.port = self.srv.listen_udp(("127.0.0.1", 0))
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop_flag.is_set():
-            self.loop.run_once(max_wait=0.02)
-
-    def ask(self, name, qtype="A") -> DNSRecord:
-        q = DNSRecord.question(name, qtype)
-        r = DNSRecord.parse(q.send("127.0.0.1", self.port, timeout=3.0))
-        assert r.header.id == q.header.id
-        return r
-
-    def settle(self, key: str, want, wait: float = 1.0) -> int:
-        """The counter ``key`` once it equals ``want`` (the loop thread may lag a little)."""
-        end = time.monotonic() + wait
-        while self.srv.counters.get(key) != want and time.monotonic() < end:
-            time.sleep(0.01)
-        return self.srv.counters.get(key)
-
-    def stop(self):
-        self.stop_flag.set()
-        self.thread.join(2)
-        self.srv.close()
 
 
 def addrs(rec):
