@@ -70,11 +70,6 @@ class SendBuffer:
         if n:  # the rest comes out of the tail
             del self._tail[:n]
 
-    def clear(self) -> None:
-        self._chunks.clear()
-        self._tail = bytearray()
-        self._head = self._len = 0
-
     def view(self, off: int, n: int):
         """``n`` bytes from offset ``off`` (0 = the oldest held byte), fewer if the buffer ends
         first: a memoryview when they lie in one chunk, else a new bytes object."""
